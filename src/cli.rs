@@ -1,0 +1,248 @@
+//! The command line as clap sees it: raw values and the small value types
+//! they parse into (durations, header lines). No I/O happens here; reading
+//! `-H @FILE` and checking `--dir` belong to [`crate::config`].
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+const AFTER_HELP: &str = "\
+Manifest lines:
+  URL PATH                       download URL to PATH (PATH may contain spaces)
+  URL                            name the file after the URL's last path segment
+  {\"url\": \"...\", \"path\": \"...\", \"size\": 123, \"sha256\": \"...\", \"headers\": {\"K\": \"V\"}}
+  # comment                      blank lines and comments are ignored
+
+Exit status: 0 all downloaded or skipped, 1 some entry failed, 2 usage error,
+130/143 interrupted (partial files are kept and resumed by the next run).
+
+Examples:
+  fetch urls.txt
+  fetch -j 32 --dir /data urls.txt
+  generate-manifest | fetch -q -H @auth-headers.txt";
+
+/// A bulk downloader: reads URL/path pairs and downloads them concurrently,
+/// with retries, resume, verification and atomic renames.
+#[derive(Debug, Parser)]
+#[command(name = "fetch", version, about, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// Manifest files to read, in order; `-` is standard input (the default).
+    #[arg(value_name = "MANIFEST")]
+    pub manifests: Vec<PathBuf>,
+
+    /// Directory that relative destination paths are resolved against.
+    #[arg(short = 'd', long, value_name = "DIR", default_value = ".", help_heading = "Destinations")]
+    pub dir: PathBuf,
+
+    /// Allow absolute destination paths and `..` that leave --dir.
+    #[arg(short = 'P', long, help_heading = "Destinations")]
+    pub absolute_paths: bool,
+
+    /// Download entries whose destination exists and replace the file once the new one is complete.
+    #[arg(long, help_heading = "Destinations")]
+    pub overwrite: bool,
+
+    /// Downloads in flight at once.
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Concurrency")]
+    pub jobs: u32,
+
+    /// Downloads in flight to one host (default: only --jobs applies).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096),
+          help_heading = "Concurrency")]
+    pub per_host: Option<u32>,
+
+    /// Retries after the first attempt of each download.
+    #[arg(long, value_name = "N", default_value_t = 5, help_heading = "Retries")]
+    pub retries: u32,
+
+    /// First wait between retries; waits double from here, with jitter.
+    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Retries")]
+    pub retry_delay: HumanDuration,
+
+    /// Longest wait between retries, also the cap on a server's Retry-After.
+    #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Retries")]
+    pub retry_max_delay: HumanDuration,
+
+    /// Start every download from zero: discard partial files instead of resuming them.
+    #[arg(long, help_heading = "Retries")]
+    pub no_resume: bool,
+
+    /// Time allowed to establish a connection.
+    #[arg(long, value_name = "DURATION", default_value = "10s", help_heading = "Network")]
+    pub connect_timeout: HumanDuration,
+
+    /// A response that sends nothing for this long fails the attempt.
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Network")]
+    pub read_timeout: HumanDuration,
+
+    /// Add a header to every request: 'Name: Value', or @FILE for one header per line.
+    #[arg(short = 'H', long = "header", value_name = "HEADER", action = ArgAction::Append,
+          help_heading = "Network")]
+    pub headers: Vec<HeaderArg>,
+
+    /// User-Agent header sent with every request.
+    #[arg(long, value_name = "STRING", default_value = concat!("fetch/", env!("CARGO_PKG_VERSION")),
+          help_heading = "Network")]
+    pub user_agent: String,
+
+    /// Do not verify TLS certificates.
+    #[arg(long, help_heading = "Network")]
+    pub insecure: bool,
+
+    /// Print only failures and the summary.
+    #[arg(short = 'q', long, conflicts_with = "verbose", help_heading = "Output")]
+    pub quiet: bool,
+
+    /// Also print each attempt and retry.
+    #[arg(short = 'v', long, help_heading = "Output")]
+    pub verbose: bool,
+
+    /// Write one JSON object per entry to FILE (`-` for standard output).
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub report: Option<PathBuf>,
+}
+
+/// A duration written as a number and a unit: `500ms`, `2s`, `1.5m`, `1h`.
+/// A bare number means seconds, as curl's `--connect-timeout` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let value: f64 = number.parse().map_err(|_| {
+            format!("invalid duration {s:?}: expected a number and a unit, like 500ms, 2s, 1m or 1h")
+        })?;
+        let scale = match unit.trim() {
+            "ms" => 0.001,
+            "" | "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => {
+                return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m or h"));
+            }
+        };
+        Duration::try_from_secs_f64(value * scale)
+            .map(HumanDuration)
+            .map_err(|_| format!("duration {s:?} is out of range"))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// One `-H` argument: a header line, or `@FILE` naming a file of header lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderArg {
+    Line(HeaderLine),
+    File(PathBuf),
+}
+
+impl FromStr for HeaderArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix('@') {
+            Some("") => Err("-H @FILE needs a file name after '@'".to_owned()),
+            Some(path) => Ok(HeaderArg::File(PathBuf::from(path))),
+            None => s.parse().map(HeaderArg::Line),
+        }
+    }
+}
+
+/// A header as `Name: Value`. The value is kept private to Debug output:
+/// header values are treated as secrets everywhere (SPEC "Output").
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeaderLine {
+    pub name: String,
+    pub value: String,
+}
+
+impl fmt::Debug for HeaderLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: <redacted>", self.name)
+    }
+}
+
+impl FromStr for HeaderLine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((name, value)) = s.split_once(':') else {
+            return Err(format!("header {:?} has no ':'; write it as 'Name: Value'", redact_header(s)));
+        };
+        let name = name.trim();
+        let value = value.trim();
+        if name.is_empty() {
+            return Err("header has an empty name; write it as 'Name: Value'".to_owned());
+        }
+        reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name {name:?}"))?;
+        reqwest::header::HeaderValue::from_str(value)
+            .map_err(|_| format!("header {name:?} has a value with characters not allowed in HTTP"))?;
+        Ok(HeaderLine { name: name.to_owned(), value: value.to_owned() })
+    }
+}
+
+/// What of a malformed header line may be shown: the part before any `:` or
+/// space, so that a pasted secret never reaches the terminal.
+fn redact_header(s: &str) -> String {
+    let name: String = s.chars().take_while(|c| *c != ':' && !c.is_whitespace()).collect();
+    if name.len() == s.len() { name } else { format!("{name}...") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("2s", Duration::from_secs(2)),
+            ("2", Duration::from_secs(2)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("1m", Duration::from_secs(60)),
+            ("1h", Duration::from_secs(3600)),
+            ("0s", Duration::ZERO),
+            (" 10ms ", Duration::from_millis(10)),
+        ];
+        for (input, want) in ok {
+            assert_eq!(input.parse::<HumanDuration>(), Ok(HumanDuration(want)), "{input}");
+        }
+        for bad in ["", "s", "1d", "-1s", "1..2s", "ms", "1e3s", "99999999999999999999h"] {
+            assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn header_lines() {
+        let h: HeaderLine = "Authorization: Bearer abc:def".parse().unwrap();
+        assert_eq!((h.name.as_str(), h.value.as_str()), ("Authorization", "Bearer abc:def"));
+        let h: HeaderLine = "X-Empty:".parse().unwrap();
+        assert_eq!(h.value, "");
+        for bad in ["NoColon", ": value", "Bad Name: v", "X: a\u{7f}b"] {
+            assert!(bad.parse::<HeaderLine>().is_err(), "{bad:?} should not parse");
+        }
+        assert_eq!("@h.txt".parse::<HeaderArg>(), Ok(HeaderArg::File("h.txt".into())));
+        assert!("@".parse::<HeaderArg>().is_err());
+    }
+
+    #[test]
+    fn malformed_header_does_not_echo_secret() {
+        let err = "Token supersecret".parse::<HeaderLine>().unwrap_err();
+        assert!(!err.contains("supersecret"), "{err}");
+        assert!(format!("{:?}", "A: secret".parse::<HeaderLine>().unwrap()).contains("<redacted>"));
+    }
+}

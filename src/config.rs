@@ -1,0 +1,147 @@
+//! The validated run configuration, built once from the [`Cli`]. Everything
+//! that can make the command line unusable (an unreadable manifest or header
+//! file, an unusable `--dir`, a terminal on stdin) is found here, before any
+//! request, and becomes exit status 2. Nothing downstream sees clap types.
+
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::cli::{Cli, HeaderArg, HeaderLine};
+use crate::dest::Rules;
+use crate::manifest::Source;
+use crate::progress::Verbosity;
+use crate::retry::RetryPolicy;
+
+#[derive(Debug)]
+pub struct Config {
+    pub sources: Vec<Source>,
+    pub rules: Rules,
+    pub overwrite: bool,
+    pub jobs: usize,
+    pub per_host: Option<usize>,
+    pub retry: RetryPolicy,
+    pub resume: bool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// `-H` headers, every value marked sensitive.
+    pub headers: HeaderMap,
+    pub user_agent: String,
+    pub insecure: bool,
+    pub verbosity: Verbosity,
+    pub report: Option<PathBuf>,
+}
+
+/// A command line that cannot run: exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no manifest given and standard input is a terminal\n\nUsage: fetch [OPTIONS] [MANIFEST]...\n       generate-manifest | fetch [OPTIONS]\n\nFor more information, try '--help'."
+    )]
+    StdinIsTerminal,
+    #[error("cannot read manifest {}: {source}", path.display())]
+    Manifest { path: PathBuf, source: io::Error },
+    #[error("cannot read header file {}: {source}", path.display())]
+    HeaderFile { path: PathBuf, source: io::Error },
+    #[error("{}:{line}: {reason}", path.display())]
+    HeaderFileLine { path: PathBuf, line: usize, reason: String },
+    #[error("--dir {}: {source}", path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("--retry-delay ({0:?}) is longer than --retry-max-delay ({1:?})")]
+    RetryDelays(Duration, Duration),
+    #[error("standard input ('-') is given as a manifest more than once")]
+    StdinTwice,
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let sources = open_sources(&cli.manifests)?;
+        let headers = read_headers(&cli.headers)?;
+        if cli.retry_delay.0 > cli.retry_max_delay.0 {
+            return Err(ConfigError::RetryDelays(cli.retry_delay.0, cli.retry_max_delay.0));
+        }
+        let dir_error = |source| ConfigError::Dir { path: cli.dir.clone(), source };
+        // Like wget -P and curl --create-dirs: a missing --dir is created.
+        std::fs::create_dir_all(&cli.dir).map_err(dir_error)?;
+        if !cli.dir.is_dir() {
+            return Err(dir_error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
+        }
+        let rules = Rules::new(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?;
+        Ok(Config {
+            sources,
+            rules,
+            overwrite: cli.overwrite,
+            jobs: cli.jobs as usize,
+            per_host: cli.per_host.map(|n| n as usize),
+            retry: RetryPolicy {
+                retries: cli.retries,
+                delay: cli.retry_delay.0,
+                max_delay: cli.retry_max_delay.0,
+            },
+            resume: !cli.no_resume,
+            connect_timeout: cli.connect_timeout.0,
+            read_timeout: cli.read_timeout.0,
+            headers,
+            user_agent: cli.user_agent,
+            insecure: cli.insecure,
+            verbosity: Verbosity::from_flags(cli.quiet, cli.verbose),
+            report: cli.report,
+        })
+    }
+}
+
+fn open_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigError> {
+    if paths.is_empty() {
+        if io::stdin().is_terminal() {
+            return Err(ConfigError::StdinIsTerminal);
+        }
+        return Ok(vec![Source::stdin()]);
+    }
+    let mut saw_stdin = false;
+    paths
+        .iter()
+        .map(|path| {
+            if path.as_os_str() == "-" {
+                if std::mem::replace(&mut saw_stdin, true) {
+                    return Err(ConfigError::StdinTwice);
+                }
+                return Ok(Source::stdin());
+            }
+            Source::open(path).map_err(|source| ConfigError::Manifest { path: path.clone(), source })
+        })
+        .collect()
+}
+
+fn read_headers(args: &[HeaderArg]) -> Result<HeaderMap, ConfigError> {
+    let mut lines = Vec::new();
+    for arg in args {
+        match arg {
+            HeaderArg::Line(line) => lines.push(line.clone()),
+            HeaderArg::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::HeaderFile { path: path.clone(), source })?;
+                for (i, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let parsed = line.parse::<HeaderLine>().map_err(|reason| {
+                        ConfigError::HeaderFileLine { path: path.clone(), line: i + 1, reason }
+                    })?;
+                    lines.push(parsed);
+                }
+            }
+        }
+    }
+    let mut map = HeaderMap::new();
+    for line in lines {
+        // Validated by HeaderLine's parser.
+        let name = HeaderName::from_bytes(line.name.as_bytes()).expect("validated header name");
+        let mut value = HeaderValue::from_str(&line.value).expect("validated header value");
+        value.set_sensitive(true);
+        map.append(name, value);
+    }
+    Ok(map)
+}

@@ -1,0 +1,222 @@
+//! Destination paths: the name derived from a URL, resolution against
+//! `--dir`, and the rule that nothing is written outside `--dir` unless
+//! `--absolute-paths` allows it.
+//!
+//! Resolution is lexical (no filesystem access) so that manifest lines can be
+//! judged as they stream in. Symlinks are the one escape lexical checks
+//! cannot see; [`Rules::prepare_parent`] checks them against the real
+//! filesystem just before the parent directories are created.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use percent_encoding::percent_decode_str;
+use reqwest::Url;
+
+/// Why a destination path is refused. Displayed after `MANIFEST:LINE: `.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DestError {
+    #[error("empty destination path")]
+    Empty,
+    #[error("destination path {0:?} names a directory, not a file")]
+    NotAFile(String),
+    #[error("absolute destination path {0:?} is not allowed (use -P/--absolute-paths)")]
+    Absolute(String),
+    #[error("destination path {0:?} leaves --dir (use -P/--absolute-paths)")]
+    Escapes(String),
+    #[error("destination path contains a NUL byte")]
+    Nul,
+    #[error("URL path has no file name to save as; give a destination path")]
+    NoNameInUrl,
+    #[error("file name taken from the URL, {0:?}, contains '/'; give a destination path")]
+    SlashInUrlName(String),
+}
+
+/// Where destinations go and what they may be.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// `--dir` as the user wrote it, used to build the paths that are shown.
+    dir: PathBuf,
+    /// `--dir` with symlinks resolved, for the escape check.
+    canonical_dir: PathBuf,
+    allow_escape: bool,
+}
+
+impl Rules {
+    /// `dir` must exist; [`crate::config`] creates it first.
+    pub fn new(dir: PathBuf, allow_escape: bool) -> io::Result<Self> {
+        let canonical_dir = dir.canonicalize()?;
+        Ok(Rules { dir, canonical_dir, allow_escape })
+    }
+
+    /// Resolve a manifest path against `--dir`, lexically.
+    pub fn resolve(&self, path: &str) -> Result<PathBuf, DestError> {
+        if path.is_empty() {
+            return Err(DestError::Empty);
+        }
+        if path.contains('\0') {
+            return Err(DestError::Nul);
+        }
+        if path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..") || path == "." || path == ".."
+        {
+            return Err(DestError::NotAFile(path.to_owned()));
+        }
+        let given = Path::new(path);
+        if given.is_absolute() {
+            if !self.allow_escape {
+                return Err(DestError::Absolute(path.to_owned()));
+            }
+            return Ok(normalize(given));
+        }
+        // Walk the components, counting depth below --dir; `..` above it escapes.
+        let mut rel = PathBuf::new();
+        let mut depth = 0usize;
+        for component in given.components() {
+            match component {
+                Component::Normal(part) => {
+                    rel.push(part);
+                    depth += 1;
+                }
+                Component::CurDir => {}
+                Component::ParentDir if depth > 0 => {
+                    rel.pop();
+                    depth -= 1;
+                }
+                Component::ParentDir => {
+                    if !self.allow_escape {
+                        return Err(DestError::Escapes(path.to_owned()));
+                    }
+                    return Ok(normalize(&self.dir.join(given)));
+                }
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(DestError::Absolute(path.to_owned()));
+                }
+            }
+        }
+        if depth == 0 {
+            return Err(DestError::NotAFile(path.to_owned()));
+        }
+        // Show `a/b` rather than `./a/b` for the default --dir.
+        Ok(if self.dir == Path::new(".") { rel } else { self.dir.join(rel) })
+    }
+
+    /// Create the destination's missing parent directories, first making
+    /// sure that no symlink among the existing ones leads outside `--dir`.
+    pub fn prepare_parent(&self, dest: &Path) -> Result<(), PrepareError> {
+        let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        if !self.allow_escape {
+            // The deepest ancestor that exists decides where new directories land.
+            let mut existing = parent;
+            while !existing.exists() {
+                match existing.parent() {
+                    Some(up) if !up.as_os_str().is_empty() => existing = up,
+                    _ => break,
+                }
+            }
+            let real = if existing.exists() { existing.canonicalize()? } else { self.canonical_dir.clone() };
+            if !real.starts_with(&self.canonical_dir) {
+                return Err(PrepareError::Escapes { dir: existing.to_owned(), target: real });
+            }
+            // The destination itself: renaming onto a symlink replaces the
+            // link, never its target, so only its directory matters.
+        }
+        std::fs::create_dir_all(parent).map_err(PrepareError::Io)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("{} is a symlink to {}, outside --dir (use -P/--absolute-paths)", dir.display(), target.display())]
+    Escapes { dir: PathBuf, target: PathBuf },
+    #[error("cannot create the destination's directory: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The file name a URL names: its last path segment, percent-decoded.
+pub fn name_from_url(url: &Url) -> Result<String, DestError> {
+    let last = url.path().rsplit('/').next().unwrap_or("");
+    let name = percent_decode_str(last).decode_utf8_lossy().into_owned();
+    match name.as_str() {
+        "" | "." | ".." => Err(DestError::NoNameInUrl),
+        n if n.contains('/') || n.contains('\\') => Err(DestError::SlashInUrlName(name)),
+        n if n.contains('\0') => Err(DestError::Nul),
+        _ => Ok(name),
+    }
+}
+
+/// Lexical normalization for paths the user explicitly allowed to go anywhere.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(dir: &str, allow: bool) -> Rules {
+        Rules { dir: dir.into(), canonical_dir: "/canon".into(), allow_escape: allow }
+    }
+
+    #[test]
+    fn resolve_table() {
+        let r = rules(".", false);
+        let ok = [
+            ("a.bin", "a.bin"),
+            ("sub/dir/a.bin", "sub/dir/a.bin"),
+            ("./a.bin", "a.bin"),
+            ("sub/../a.bin", "a.bin"),
+            ("my file.txt", "my file.txt"),
+            ("a//b", "a/b"),
+        ];
+        for (input, want) in ok {
+            assert_eq!(r.resolve(input), Ok(PathBuf::from(want)), "{input}");
+        }
+        let bad = [
+            ("", DestError::Empty),
+            ("/etc/passwd", DestError::Absolute("/etc/passwd".into())),
+            ("../x", DestError::Escapes("../x".into())),
+            ("a/../../x", DestError::Escapes("a/../../x".into())),
+            ("dir/", DestError::NotAFile("dir/".into())),
+            ("a/..", DestError::NotAFile("a/..".into())),
+            (".", DestError::NotAFile(".".into())),
+            ("a\0b", DestError::Nul),
+        ];
+        for (input, want) in bad {
+            assert_eq!(r.resolve(input), Err(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn resolve_with_dir_and_escape_allowed() {
+        assert_eq!(rules("/data", false).resolve("x/y"), Ok(PathBuf::from("/data/x/y")));
+        let r = rules("/data", true);
+        assert_eq!(r.resolve("/etc/x"), Ok(PathBuf::from("/etc/x")));
+        assert_eq!(r.resolve("../x"), Ok(PathBuf::from("/x")));
+    }
+
+    #[test]
+    fn names_from_urls() {
+        let name = |u: &str| name_from_url(&Url::parse(u).unwrap());
+        assert_eq!(name("http://h/a/b.tar.gz"), Ok("b.tar.gz".into()));
+        assert_eq!(name("http://h/a/my%20file.txt?x=1"), Ok("my file.txt".into()));
+        assert_eq!(name("http://h/"), Err(DestError::NoNameInUrl));
+        assert_eq!(name("http://h"), Err(DestError::NoNameInUrl));
+        assert_eq!(name("http://h/dir/"), Err(DestError::NoNameInUrl));
+        assert_eq!(name("http://h/a/%2E%2E"), Err(DestError::NoNameInUrl));
+        assert_eq!(name("http://h/a%2Fb"), Err(DestError::SlashInUrlName("a/b".into())));
+    }
+}

@@ -1,0 +1,165 @@
+//! What became of each entry: the [`Outcome`] record, the run's
+//! [`Summary`] and exit status, and the JSON Lines report (`--report`).
+//!
+//! Exit statuses live here and only here (SPEC "Exit status"). The report is
+//! written one line per finished entry and flushed each time, so a crash
+//! loses at most the entries still in flight.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::download::DownloadError;
+
+/// Every entry was downloaded or skipped.
+pub const EXIT_OK: u8 = 0;
+/// At least one entry failed (invalid manifest lines included).
+pub const EXIT_FAILED: u8 = 1;
+/// Bad option, unreadable manifest, unusable --dir.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Downloaded,
+    Skipped,
+    Failed,
+}
+
+/// Why an entry was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The destination existed before we started.
+    Exists,
+    /// Another entry of this run, or another process, completed it first.
+    CompletedElsewhere,
+    /// Another fetch process holds the partial file's lock.
+    LockedByOtherProcess,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Exists => "exists",
+            SkipReason::CompletedElsewhere => "completed by another entry or process",
+            SkipReason::LockedByOtherProcess => "being downloaded by another fetch process",
+        }
+    }
+}
+
+/// The result of one manifest entry.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The URL, password redacted; `None` for a line that did not parse.
+    pub url: Option<String>,
+    /// The destination; for an invalid line, `MANIFEST:LINE`.
+    pub path: PathBuf,
+    pub status: Status,
+    pub skip: Option<SkipReason>,
+    pub error: Option<DownloadError>,
+    /// Bytes in the destination (downloaded) or transferred (failed).
+    pub bytes: u64,
+    /// Bytes received over the network in this run.
+    pub received: u64,
+    pub attempts: u32,
+    pub http_status: Option<u16>,
+    pub elapsed: Duration,
+    /// Where this run continued a partial file left by an earlier run.
+    pub resumed_from: u64,
+}
+
+/// Counts for the summary line and the exit status.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub downloaded: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    /// Bytes received over the network.
+    pub bytes: u64,
+    /// A manifest could not be read to its end.
+    pub manifest_error: bool,
+    /// The report could not be written.
+    pub report_failed: bool,
+    pub interrupted: Option<crate::shutdown::Signal>,
+}
+
+impl Summary {
+    pub fn add(&mut self, outcome: &Outcome) {
+        match outcome.status {
+            Status::Downloaded => self.downloaded += 1,
+            Status::Skipped => self.skipped += 1,
+            Status::Failed => self.failed += 1,
+        }
+        self.bytes += outcome.received;
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        if let Some(signal) = self.interrupted {
+            signal.exit_code()
+        } else if self.manifest_error {
+            EXIT_USAGE
+        } else if self.failed > 0 || self.report_failed {
+            EXIT_FAILED
+        } else {
+            EXIT_OK
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    url: Option<&'a str>,
+    path: String,
+    status: Status,
+    bytes: u64,
+    attempts: u32,
+    http_status: Option<u16>,
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    elapsed_ms: u128,
+    resumed_from: u64,
+}
+
+/// The `--report` writer.
+#[derive(Debug)]
+pub struct Report {
+    out: BufWriter<Box<dyn WriteDebug>>,
+}
+
+trait WriteDebug: Write + Send + std::fmt::Debug {}
+impl<T: Write + Send + std::fmt::Debug> WriteDebug for T {}
+
+impl Report {
+    /// Open the report: `-` is standard output; a file is appended to, so
+    /// several cron runs can share one.
+    pub fn open(path: &Path) -> io::Result<Report> {
+        let out: Box<dyn WriteDebug> = if path.as_os_str() == "-" {
+            Box::new(io::stdout())
+        } else {
+            Box::new(OpenOptions::new().create(true).append(true).open(path)?) as Box<File>
+        };
+        Ok(Report { out: BufWriter::new(out) })
+    }
+
+    pub fn write(&mut self, outcome: &Outcome) -> io::Result<()> {
+        let record = Record {
+            url: outcome.url.as_deref(),
+            path: outcome.path.display().to_string(),
+            status: outcome.status,
+            bytes: outcome.bytes,
+            attempts: outcome.attempts,
+            http_status: outcome.http_status,
+            error: outcome.error.as_ref().map(ToString::to_string),
+            reason: outcome.skip.map(SkipReason::as_str),
+            elapsed_ms: outcome.elapsed.as_millis(),
+            resumed_from: outcome.resumed_from,
+        };
+        serde_json::to_writer(&mut self.out, &record).map_err(io::Error::other)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}

@@ -1,0 +1,382 @@
+//! One attempt at one download: send the request (with `Range`/`If-Range`
+//! when bytes are already on disk), judge the response, stream its body into
+//! the partial file. The retry loop around it lives in [`crate::download`].
+//!
+//! Resume rules (RFC 9110 §14.4, §13.1.5):
+//! - a `206` is appended only when its `Content-Range` starts exactly where
+//!   the local bytes end and its total matches the known length;
+//! - a `200` to a ranged request means the server ignored the range or the
+//!   resource changed: the file restarts from zero with the new validator;
+//! - a `416` whose `bytes */N` equals the local length means the partial is
+//!   already complete; any other `416` restarts.
+//!
+//! Redirects are followed here rather than by reqwest so that no header the
+//! user gave (`-H`, manifest `headers`: all treated as credentials) is sent to
+//! a different origin than the manifest URL's.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Client, Response, StatusCode, Url};
+use sha2::{Digest, Sha256};
+
+use crate::fsx::{Meta, Partial};
+use crate::progress::TransferProgress;
+use crate::redact;
+use crate::retry::{self, Class};
+use crate::shutdown::Shutdown;
+
+/// A chain of this many redirects succeeds; one more is an error (SPEC).
+pub const MAX_REDIRECTS: usize = 10;
+
+/// What one download has established so far, carried across attempts.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Bytes on disk that belong to `validator`.
+    pub offset: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// The full length, from Content-Length or Content-Range.
+    pub total: Option<u64>,
+    /// Running digest of bytes `0..offset`, when a sha256 is to be checked.
+    pub hasher: Option<Sha256>,
+    /// Responses whose bytes make up the file: more than one means splices.
+    pub pieces: u32,
+    pub http_status: Option<u16>,
+    /// Bytes received over the network, whatever became of them.
+    pub received: u64,
+}
+
+impl State {
+    /// The `If-Range` value: a strong ETag, else Last-Modified (weak ETags
+    /// are not allowed there, RFC 9110 §13.1.5).
+    fn if_range(&self) -> Option<&str> {
+        match &self.etag {
+            Some(tag) if !tag.starts_with("W/") => Some(tag),
+            _ => self.last_modified.as_deref(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.offset = 0;
+        self.pieces = 0;
+        if self.hasher.is_some() {
+            self.hasher = Some(Sha256::new());
+        }
+    }
+
+    pub fn meta(&self, url: &Url) -> Meta {
+        Meta {
+            url: redact::url(url),
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
+            total: self.total,
+        }
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error("HTTP {}", status_text(*status))]
+    Status { status: StatusCode, retry_after: Option<Duration> },
+    #[error("{}", ErrorChain(.0))]
+    Http(reqwest::Error),
+    #[error("more than {MAX_REDIRECTS} redirects")]
+    TooManyRedirects,
+    #[error("redirect to an unusable location: {0}")]
+    BadRedirect(String),
+    #[error("body ended after {got} of {expected} bytes")]
+    Truncated { got: u64, expected: u64 },
+    #[error("server sent {got} bytes, more than the {expected} it announced")]
+    Overlong { got: u64, expected: u64 },
+    #[error("resume answered with an unusable range ({0}); restarting from zero")]
+    BadRange(String),
+    #[error("server says the file is {server} bytes, the manifest says {manifest}")]
+    SizeMismatch { server: u64, manifest: u64 },
+    #[error("cannot write the partial file: {0}")]
+    Disk(std::io::Error),
+    #[error("interrupted")]
+    Cancelled,
+}
+
+impl AttemptError {
+    pub fn class(&self) -> Class {
+        match self {
+            AttemptError::Status { status, .. } => retry::status_class(*status),
+            AttemptError::Http(e) => retry::error_class(e),
+            // A network that cuts bodies short is what retries are for.
+            AttemptError::Truncated { .. } | AttemptError::BadRange(_) => Class::Transient,
+            AttemptError::Overlong { .. } => Class::Transient,
+            AttemptError::TooManyRedirects | AttemptError::BadRedirect(_) => Class::Permanent,
+            AttemptError::SizeMismatch { .. } | AttemptError::Cancelled => Class::Permanent,
+            AttemptError::Disk(source) => retry::error_class(source),
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AttemptError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            AttemptError::Status { status, .. } => Some(status.as_u16()),
+            _ => None,
+        }
+    }
+}
+
+/// What one attempt is about.
+#[derive(Debug)]
+pub struct Target<'a> {
+    pub client: &'a Client,
+    pub url: &'a Url,
+    /// `-H` and manifest headers together.
+    pub headers: &'a HeaderMap,
+    /// The manifest's `size`, checked against the server's length.
+    pub size: Option<u64>,
+}
+
+/// Run one attempt. On success every byte of the file is on disk (or in the
+/// partial's buffer) and `state.offset` is its length.
+pub async fn attempt(
+    target: &Target<'_>,
+    state: &mut State,
+    partial: &mut Partial,
+    progress: &TransferProgress,
+    shutdown: &Shutdown,
+) -> Result<(), AttemptError> {
+    let disk = AttemptError::Disk;
+    let ranged = state.offset > 0;
+    let response = tokio::select! {
+        r = send(target, ranged.then(|| (state.offset, state.if_range()))) => r?,
+        () = shutdown.cancelled() => return Err(AttemptError::Cancelled),
+    };
+    let status = response.status();
+    state.http_status = Some(status.as_u16());
+    match status {
+        StatusCode::OK => {
+            if ranged {
+                progress.restarted(state.offset);
+            }
+            state.reset();
+            state.etag = header_str(response.headers(), header::ETAG);
+            state.last_modified = header_str(response.headers(), header::LAST_MODIFIED);
+            state.total = response.content_length();
+            check_size(target, state.total)?;
+            partial.restart(&state.meta(target.url)).map_err(disk)?;
+        }
+        StatusCode::PARTIAL_CONTENT if ranged => {
+            let range = header_str(response.headers(), header::CONTENT_RANGE);
+            let parsed = range.as_deref().and_then(parse_content_range);
+            let etag = header_str(response.headers(), header::ETAG);
+            let fits = matches!(parsed, Some((start, _, total))
+                if start == state.offset && (state.total.is_none() || total == state.total));
+            let same_entity = etag.is_none() || state.etag.is_none() || etag == state.etag;
+            if !fits || !same_entity {
+                state.reset();
+                partial.truncate().map_err(disk)?;
+                return Err(AttemptError::BadRange(range.unwrap_or_else(|| "no Content-Range".into())));
+            }
+            if let Some((_, _, total)) = parsed {
+                state.total = total.or(state.total);
+            }
+            check_size(target, state.total)?;
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE if ranged => {
+            let total = header_str(response.headers(), header::CONTENT_RANGE)
+                .and_then(|v| v.strip_prefix("bytes */").and_then(|n| n.trim().parse::<u64>().ok()));
+            if total == Some(state.offset) && state.total.is_none_or(|t| t == state.offset) {
+                // The partial already holds the whole file.
+                state.total = total;
+                return Ok(());
+            }
+            state.reset();
+            partial.truncate().map_err(disk)?;
+            return Err(AttemptError::BadRange(format!(
+                "416 with {}",
+                total.map_or("no length".into(), |t| format!("length {t}"))
+            )));
+        }
+        _ => {
+            let retry_after = retry::retry_after(response.headers(), SystemTime::now());
+            return Err(AttemptError::Status { status, retry_after });
+        }
+    }
+    state.pieces += 1;
+    stream_body(response, state, partial, progress, shutdown).await
+}
+
+async fn stream_body(
+    mut response: Response,
+    state: &mut State,
+    partial: &mut Partial,
+    progress: &TransferProgress,
+    shutdown: &Shutdown,
+) -> Result<(), AttemptError> {
+    progress.begin(state.offset, state.total);
+    loop {
+        let chunk = tokio::select! {
+            chunk = response.chunk() => chunk.map_err(AttemptError::Http)?,
+            () = shutdown.cancelled() => return Err(AttemptError::Cancelled),
+        };
+        let Some(chunk) = chunk else { break };
+        let got = state.offset + chunk.len() as u64;
+        if let Some(expected) = state.total.filter(|&t| got > t) {
+            return Err(AttemptError::Overlong { got, expected });
+        }
+        partial.write(&chunk).map_err(AttemptError::Disk)?;
+        if let Some(hasher) = &mut state.hasher {
+            hasher.update(&chunk);
+        }
+        state.offset = got;
+        state.received += chunk.len() as u64;
+        progress.advance(chunk.len() as u64);
+    }
+    match state.total {
+        Some(expected) if state.offset < expected => {
+            Err(AttemptError::Truncated { got: state.offset, expected })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_size(target: &Target<'_>, total: Option<u64>) -> Result<(), AttemptError> {
+    match (target.size, total) {
+        (Some(manifest), Some(server)) if manifest != server => {
+            Err(AttemptError::SizeMismatch { server, manifest })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Send a GET, following up to [`MAX_REDIRECTS`] redirects by hand.
+async fn send(target: &Target<'_>, range: Option<(u64, Option<&str>)>) -> Result<Response, AttemptError> {
+    let origin = target.url.origin();
+    let mut url = target.url.clone();
+    for hop in 0..=MAX_REDIRECTS {
+        let same_origin = url.origin() == origin;
+        let mut request = target.client.get(url.clone());
+        if same_origin {
+            request = request.headers(target.headers.clone());
+            if hop > 0 && target.url.password().is_some() {
+                // Keep user:pass@ credentials within their origin, as curl does.
+                request = request.basic_auth(target.url.username(), target.url.password());
+            }
+        }
+        if let Some((offset, if_range)) = range {
+            request = request.header(header::RANGE, format!("bytes={offset}-"));
+            if let Some(validator) = if_range.and_then(|v| HeaderValue::from_str(v).ok()) {
+                request = request.header(header::IF_RANGE, validator);
+            }
+        }
+        let response = request.send().await.map_err(|e| AttemptError::Http(e.without_url()))?;
+        let is_redirect = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+        let Some(location) = response.headers().get(header::LOCATION).filter(|_| is_redirect) else {
+            return Ok(response);
+        };
+        if hop == MAX_REDIRECTS {
+            return Err(AttemptError::TooManyRedirects);
+        }
+        let location =
+            location.to_str().map_err(|_| AttemptError::BadRedirect("Location is not text".into()))?;
+        let next = url
+            .join(location)
+            .map_err(|e| AttemptError::BadRedirect(format!("{}: {e}", redact::url_str(location))))?;
+        if !matches!(next.scheme(), "http" | "https") {
+            return Err(AttemptError::BadRedirect(format!(
+                "scheme {:?} is not http or https",
+                next.scheme()
+            )));
+        }
+        url = next;
+    }
+    unreachable!("the loop returns by its last hop")
+}
+
+/// `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`).
+pub fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let (start, end) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    if end < start || total.is_some_and(|t| end >= t) {
+        return None;
+    }
+    Some((start, end, total))
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(str::to_owned)
+}
+
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+/// An error with its causes, `outer: inner: innermost`, repeats dropped.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            let text = err.to_string();
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        let cases = [
+            ("bytes 0-499/1234", Some((0, 499, Some(1234)))),
+            ("bytes 500-1233/1234", Some((500, 1233, Some(1234)))),
+            ("bytes 500-1233/*", Some((500, 1233, None))),
+            (" bytes 1-1/2 ", Some((1, 1, Some(2)))),
+            ("bytes 500-1234/1234", None),
+            ("bytes 5-4/10", None),
+            ("bytes */1234", None),
+            ("items 0-1/2", None),
+            ("bytes 0-x/2", None),
+            ("", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_content_range(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn if_range_prefers_strong_etag() {
+        let mut s =
+            State { etag: Some("\"a\"".into()), last_modified: Some("date".into()), ..State::default() };
+        assert_eq!(s.if_range(), Some("\"a\""));
+        s.etag = Some("W/\"a\"".into());
+        assert_eq!(s.if_range(), Some("date"));
+        s.last_modified = None;
+        assert_eq!(s.if_range(), None);
+    }
+}
