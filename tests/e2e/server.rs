@@ -1,0 +1,395 @@
+//! An HTTP server inside the test process that serves deterministic files
+//! and injects faults on request: statuses (with Retry-After) a number of
+//! times, bodies cut after N bytes, stalls, throttling, ignored Range,
+//! redirects, required headers. It logs every request and tracks how many
+//! were in flight at once. Each server runs its own runtime on a thread, so
+//! tests stay plain `#[test]` functions that run the built binary.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::time::Sleep;
+
+/// Deterministic pseudo-random content: same seed, same bytes.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// One file the server serves, and what it does wrong.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    pub body: Bytes,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// Answer these statuses first, one per request: (status, Retry-After).
+    pub statuses: VecDeque<(u16, Option<String>)>,
+    /// Cut the body of successive responses after this many bytes of it.
+    pub cuts: VecDeque<usize>,
+    pub ignore_range: bool,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// After this many bytes of the body, stall this long (once per response).
+    pub stall: Option<(usize, Duration)>,
+    /// Send the body in chunks of this size with this pause between them.
+    pub throttle: Option<(usize, Duration)>,
+    /// Answer with a 302 to this URL.
+    pub redirect: Option<String>,
+    /// Answer 403 unless this header has this value.
+    pub require: Option<(String, String)>,
+    /// Claim this Content-Length instead of the real one.
+    pub content_length: Option<u64>,
+    /// No Content-Length: chunked transfer encoding.
+    pub chunked: bool,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Route {
+    pub fn new(body: impl Into<Bytes>) -> Route {
+        let body = body.into();
+        let etag = format!("\"{:x}-{}\"", body.len(), body.iter().take(64).map(|&b| b as u64).sum::<u64>());
+        Route { body, etag: Some(etag), ..Route::default() }
+    }
+}
+
+/// What the server saw of one request.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub status: u16,
+}
+
+impl Logged {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    routes: Mutex<HashMap<String, Route>>,
+    log: Mutex<Vec<Logged>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    body_bytes: AtomicUsize,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_on("127.0.0.1".parse().unwrap())
+    }
+
+    pub fn start_on(ip: IpAddr) -> Server {
+        let shared = Arc::new(Shared::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let state = shared.clone();
+        std::thread::spawn(move || {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            let service = service_fn(move |req| handle(state.clone(), req));
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = accept => {}
+                    _ = stop_rx => {}
+                }
+            });
+            // Dropping the runtime ends connections still stalled.
+            rt.shutdown_background();
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("server did not start");
+        Server { addr, shared, _stop: stop_tx }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Serve `route` at `path` (replacing what was there).
+    pub fn route(&self, path: &str, route: Route) {
+        self.shared.routes.lock().unwrap().insert(path.to_owned(), route);
+    }
+
+    /// Serve deterministic bytes at `path`; returns them.
+    pub fn file(&self, path: &str, seed: u64, len: usize) -> Vec<u8> {
+        let body = content(seed, len);
+        self.route(path, Route::new(body.clone()));
+        body
+    }
+
+    pub fn log(&self) -> Vec<Logged> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<Logged> {
+        self.log().into_iter().filter(|l| l.path == path).collect()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes the server has sent, over all requests.
+    pub fn body_bytes(&self) -> usize {
+        self.shared.body_bytes.load(Ordering::SeqCst)
+    }
+}
+
+type BoxBody = Pin<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send>>;
+
+async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    let guard = InFlight::enter(&state);
+    let path = req.uri().path().to_owned();
+    let route = {
+        let mut routes = state.routes.lock().unwrap();
+        match routes.get_mut(&path) {
+            None => None,
+            Some(route) => {
+                let status = route.statuses.pop_front();
+                let cut = route.cuts.pop_front();
+                Some((route.clone(), status, cut))
+            }
+        }
+    };
+    let (response, status) = match route {
+        None => plain(StatusCode::NOT_FOUND, "not found"),
+        Some((route, status, cut)) => {
+            if !route.delay.is_zero() {
+                tokio::time::sleep(route.delay).await;
+            }
+            respond(&state, &route, req.headers(), status, cut, guard)
+        }
+    };
+    state.log.lock().unwrap().push(Logged { path, headers: req.headers().clone(), status });
+    Ok(response)
+}
+
+fn plain(status: StatusCode, text: &'static str) -> (Response<BoxBody>, u16) {
+    let body = FaultBody::new(Bytes::from_static(text.as_bytes()), None);
+    let mut response = Response::new(Box::pin(body) as BoxBody);
+    *response.status_mut() = status;
+    (response, status.as_u16())
+}
+
+fn respond(
+    state: &Arc<Shared>,
+    route: &Route,
+    headers: &HeaderMap,
+    status: Option<(u16, Option<String>)>,
+    cut: Option<usize>,
+    guard: InFlight,
+) -> (Response<BoxBody>, u16) {
+    if let Some((code, retry_after)) = status {
+        let (mut response, code) = plain(StatusCode::from_u16(code).unwrap(), "injected status");
+        if let Some(value) = retry_after {
+            response.headers_mut().insert("retry-after", HeaderValue::from_str(&value).unwrap());
+        }
+        return (response, code);
+    }
+    if let Some((name, value)) = &route.require
+        && headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str())
+    {
+        return plain(StatusCode::FORBIDDEN, "missing required header");
+    }
+    if let Some(location) = &route.redirect {
+        let (mut response, _) = plain(StatusCode::FOUND, "moved");
+        response.headers_mut().insert("location", HeaderValue::from_str(location).unwrap());
+        return (response, 302);
+    }
+
+    let len = route.body.len() as u64;
+    let mut start = 0u64;
+    let mut status = StatusCode::OK;
+    let range = headers.get("range").and_then(|v| v.to_str().ok()).and_then(parse_range);
+    let if_range_ok = match headers.get("if-range").and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => Some(v) == route.etag.as_deref() || Some(v) == route.last_modified.as_deref(),
+    };
+    if let Some(from) = range.filter(|_| !route.ignore_range && if_range_ok) {
+        if from >= len {
+            let (mut response, _) = plain(StatusCode::RANGE_NOT_SATISFIABLE, "");
+            response
+                .headers_mut()
+                .insert("content-range", HeaderValue::from_str(&format!("bytes */{len}")).unwrap());
+            return (response, 416);
+        }
+        start = from;
+        status = StatusCode::PARTIAL_CONTENT;
+    }
+    let body_bytes = route.body.slice(start as usize..);
+    let mut body = FaultBody::new(body_bytes, Some((state.clone(), guard)));
+    body.cut_at = cut;
+    body.stall = route.stall;
+    if let Some((chunk, pause)) = route.throttle {
+        body.chunk = chunk;
+        body.pause = pause;
+    }
+    let mut response = Response::new(Box::pin(body) as BoxBody);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert("accept-ranges", HeaderValue::from_static("bytes"));
+    if let Some(etag) = &route.etag {
+        h.insert("etag", HeaderValue::from_str(etag).unwrap());
+    }
+    if let Some(lm) = &route.last_modified {
+        h.insert("last-modified", HeaderValue::from_str(lm).unwrap());
+    }
+    if !route.chunked {
+        let claimed = route.content_length.unwrap_or(len) - start;
+        h.insert("content-length", HeaderValue::from(claimed));
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            "content-range",
+            HeaderValue::from_str(&format!("bytes {start}-{}/{len}", len - 1)).unwrap(),
+        );
+    }
+    for (name, value) in &route.headers {
+        h.insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    (response, status.as_u16())
+}
+
+/// `bytes=N-` or `bytes=N-M` (the end is ignored: we always send to the end).
+fn parse_range(value: &str) -> Option<u64> {
+    value.strip_prefix("bytes=")?.split('-').next()?.trim().parse().ok()
+}
+
+/// Counts a request as in flight until its response body is done.
+#[derive(Debug)]
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(state: &Arc<Shared>) -> InFlight {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A body that can be cut, stalled or throttled.
+struct FaultBody {
+    data: Bytes,
+    pos: usize,
+    chunk: usize,
+    pause: Duration,
+    cut_at: Option<usize>,
+    stall: Option<(usize, Duration)>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    counted: Option<(Arc<Shared>, InFlight)>,
+}
+
+impl FaultBody {
+    fn new(data: Bytes, counted: Option<(Arc<Shared>, InFlight)>) -> FaultBody {
+        FaultBody {
+            data,
+            pos: 0,
+            chunk: 64 * 1024,
+            pause: Duration::ZERO,
+            cut_at: None,
+            stall: None,
+            sleep: None,
+            counted,
+        }
+    }
+}
+
+impl Body for FaultBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        if let Some(sleep) = &mut this.sleep {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.sleep = None;
+        }
+        if this.cut_at == Some(this.pos) {
+            this.counted = None;
+            return Poll::Ready(Some(Err(std::io::Error::other("injected cut"))));
+        }
+        if let Some((at, wait)) = this.stall
+            && at == this.pos
+        {
+            this.stall = None;
+            this.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if this.pos >= this.data.len() {
+            this.counted = None;
+            return Poll::Ready(None);
+        }
+        let mut end = (this.pos + this.chunk).min(this.data.len());
+        if let Some(cut) = this.cut_at.filter(|&c| c > this.pos) {
+            end = end.min(cut);
+        }
+        if let Some((at, _)) = this.stall.filter(|&(at, _)| at > this.pos) {
+            end = end.min(at);
+        }
+        let frame = this.data.slice(this.pos..end);
+        if let Some((state, _)) = &this.counted {
+            state.body_bytes.fetch_add(frame.len(), Ordering::SeqCst);
+        }
+        this.pos = end;
+        if !this.pause.is_zero() && this.pos < this.data.len() {
+            this.sleep = Some(Box::pin(tokio::time::sleep(this.pause)));
+        }
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+}
