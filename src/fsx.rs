@@ -189,23 +189,35 @@ impl Partial {
     }
 
     /// Flush to disk and move into place (blocking: call off the runtime).
+    /// On failure the part file and its meta are removed: a file that
+    /// could not be flushed (ENOSPC, EIO) cannot be trusted for resume.
     pub fn commit(self, dest: &Path, overwrite: bool) -> io::Result<Committed> {
         let Partial { writer, part, meta, .. } = self;
-        let file = writer.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()?;
-        let outcome = if overwrite {
-            fs::rename(&part, dest)?;
-            Committed::Renamed
-        } else {
-            link_no_replace(&part, dest)?
+        let result = flush_and_place(writer, &part, dest, overwrite);
+        let cleanup = match &result {
+            Ok(Committed::Renamed) => remove_if_exists(&meta),
+            Ok(Committed::DestinationExists) | Err(_) => remove_if_exists(&meta).and(remove_if_exists(&part)),
         };
-        remove_if_exists(&meta)?;
-        if outcome == Committed::DestinationExists {
-            remove_if_exists(&part)?;
-        }
+        let outcome = result?;
+        cleanup?;
         sync_dir(dest)?;
-        drop(file);
         Ok(outcome)
+    }
+}
+
+fn flush_and_place(
+    writer: BufWriter<File>,
+    part: &Path,
+    dest: &Path,
+    overwrite: bool,
+) -> io::Result<Committed> {
+    let file = writer.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.sync_all()?;
+    if overwrite {
+        fs::rename(part, dest)?;
+        Ok(Committed::Renamed)
+    } else {
+        link_no_replace(part, dest)
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sha2_hex::sha256_hex;
+pub use sha2_hex::sha256_hex;
 
 use crate::{Route, Server, fetch, fetch_std, files, run, wait_until, write};
 
@@ -327,7 +327,7 @@ fn a_stalled_body_fails_after_the_read_timeout() {
     let server = Server::start();
     server.route(
         "/slow",
-        Route { stall: Some((1000, Duration::from_secs(20))), ..Route::new(crate::content(1, 5000)) },
+        Route { stalls: [(1000, Duration::from_secs(20))].into(), ..Route::new(crate::content(1, 5000)) },
     );
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "m.txt", &server.url("/slow"));

@@ -49,8 +49,8 @@ pub struct Route {
     pub ignore_range: bool,
     /// Wait this long before answering.
     pub delay: Duration,
-    /// After this many bytes of the body, stall this long (once per response).
-    pub stall: Option<(usize, Duration)>,
+    /// Stall successive responses this long after this many bytes of the body.
+    pub stalls: VecDeque<(usize, Duration)>,
     /// Send the body in chunks of this size with this pause between them.
     pub throttle: Option<(usize, Duration)>,
     /// Answer with a 302 to this URL.
@@ -62,6 +62,8 @@ pub struct Route {
     /// No Content-Length: chunked transfer encoding.
     pub chunked: bool,
     pub headers: Vec<(String, String)>,
+    /// After one response, serve this route instead (the file changed).
+    pub then: Option<Box<Route>>,
 }
 
 impl Route {
@@ -93,6 +95,8 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     body_bytes: AtomicUsize,
+    /// Random faults for every route: (percent cut, percent 503, rng state).
+    chaos: Mutex<Option<(u32, u32, u64)>>,
 }
 
 #[derive(Debug)]
@@ -158,6 +162,12 @@ impl Server {
         body
     }
 
+    /// From now on, cut `cut_pct`% of bodies at a random point and answer
+    /// 503 to `status_pct`% of requests, drawn from `seed`.
+    pub fn chaos(&self, cut_pct: u32, status_pct: u32, seed: u64) {
+        *self.shared.chaos.lock().unwrap() = Some((cut_pct, status_pct, seed | 1));
+    }
+
     pub fn log(&self) -> Vec<Logged> {
         self.shared.log.lock().unwrap().clone()
     }
@@ -186,19 +196,37 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         match routes.get_mut(&path) {
             None => None,
             Some(route) => {
-                let status = route.statuses.pop_front();
-                let cut = route.cuts.pop_front();
-                Some((route.clone(), status, cut))
+                let mut status = route.statuses.pop_front();
+                let mut cut = route.cuts.pop_front();
+                let stall = route.stalls.pop_front();
+                if let Some((cut_pct, status_pct, rng)) = state.chaos.lock().unwrap().as_mut() {
+                    let mut roll = || {
+                        *rng ^= *rng << 13;
+                        *rng ^= *rng >> 7;
+                        *rng ^= *rng << 17;
+                        *rng
+                    };
+                    if roll() % 100 < u64::from(*status_pct) {
+                        status = Some((503, None));
+                    } else if roll() % 100 < u64::from(*cut_pct) {
+                        cut = Some((roll() % route.body.len().max(1) as u64) as usize);
+                    }
+                }
+                let served = route.clone();
+                if let Some(next) = route.then.take() {
+                    *route = *next;
+                }
+                Some((served, status, cut, stall))
             }
         }
     };
     let (response, status) = match route {
         None => plain(StatusCode::NOT_FOUND, "not found"),
-        Some((route, status, cut)) => {
+        Some((route, status, cut, stall)) => {
             if !route.delay.is_zero() {
                 tokio::time::sleep(route.delay).await;
             }
-            respond(&state, &route, req.headers(), status, cut, guard)
+            respond(&state, &route, req.headers(), Faults { status, cut, stall }, guard)
         }
     };
     state.log.lock().unwrap().push(Logged { path, headers: req.headers().clone(), status });
@@ -212,15 +240,21 @@ fn plain(status: StatusCode, text: &'static str) -> (Response<BoxBody>, u16) {
     (response, status.as_u16())
 }
 
+/// The faults drawn for one request.
+struct Faults {
+    status: Option<(u16, Option<String>)>,
+    cut: Option<usize>,
+    stall: Option<(usize, Duration)>,
+}
+
 fn respond(
     state: &Arc<Shared>,
     route: &Route,
     headers: &HeaderMap,
-    status: Option<(u16, Option<String>)>,
-    cut: Option<usize>,
+    faults: Faults,
     guard: InFlight,
 ) -> (Response<BoxBody>, u16) {
-    if let Some((code, retry_after)) = status {
+    if let Some((code, retry_after)) = faults.status {
         let (mut response, code) = plain(StatusCode::from_u16(code).unwrap(), "injected status");
         if let Some(value) = retry_after {
             response.headers_mut().insert("retry-after", HeaderValue::from_str(&value).unwrap());
@@ -259,8 +293,8 @@ fn respond(
     }
     let body_bytes = route.body.slice(start as usize..);
     let mut body = FaultBody::new(body_bytes, Some((state.clone(), guard)));
-    body.cut_at = cut;
-    body.stall = route.stall;
+    body.cut_at = faults.cut;
+    body.stall = faults.stall;
     if let Some((chunk, pause)) = route.throttle {
         body.chunk = chunk;
         body.pause = pause;
@@ -324,6 +358,7 @@ struct FaultBody {
     chunk: usize,
     pause: Duration,
     cut_at: Option<usize>,
+    cut_flushed: bool,
     stall: Option<(usize, Duration)>,
     sleep: Option<Pin<Box<Sleep>>>,
     counted: Option<(Arc<Shared>, InFlight)>,
@@ -337,6 +372,7 @@ impl FaultBody {
             chunk: 64 * 1024,
             pause: Duration::ZERO,
             cut_at: None,
+            cut_flushed: false,
             stall: None,
             sleep: None,
             counted,
@@ -360,6 +396,14 @@ impl Body for FaultBody {
             this.sleep = None;
         }
         if this.cut_at == Some(this.pos) {
+            if !this.cut_flushed && this.pos > 0 {
+                // Let hyper flush what was sent before the connection drops;
+                // otherwise the client may never see the headers.
+                this.cut_flushed = true;
+                this.sleep = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             this.counted = None;
             return Poll::Ready(Some(Err(std::io::Error::other("injected cut"))));
         }
