@@ -81,7 +81,7 @@ impl State {
 pub enum AttemptError {
     #[error("HTTP {}", status_text(*status))]
     Status { status: StatusCode, retry_after: Option<Duration> },
-    #[error("{}", ErrorChain(.0))]
+    #[error("{}", describe(.0))]
     Http(reqwest::Error),
     #[error("more than {MAX_REDIRECTS} redirects")]
     TooManyRedirects,
@@ -323,6 +323,29 @@ fn status_text(status: StatusCode) -> String {
         Some(reason) => format!("{} {reason}", status.as_u16()),
         None => status.as_u16().to_string(),
     }
+}
+
+/// A transport error as a user wants it: what failed, and the root cause
+/// (reqwest's outer layers, "error sending request: client error
+/// (Connect)", say nothing the kind does not).
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else if error.is_body() || error.is_decode() {
+        "connection lost while receiving"
+    } else {
+        "request failed"
+    };
+    let mut root: &(dyn std::error::Error + 'static) = error;
+    while let Some(source) = root.source() {
+        root = source;
+    }
+    if std::ptr::addr_eq(root, error as &dyn std::error::Error) {
+        return kind.to_owned();
+    }
+    format!("{kind}: {root}")
 }
 
 /// An error with its causes, `outer: inner: innermost`, repeats dropped.

@@ -411,3 +411,42 @@ fn content_encoding_is_saved_as_served() {
     assert_eq!(std::fs::read(tmp.path().join("f.gz")).unwrap(), gz);
     assert_eq!(server.log()[0].header("accept-encoding"), None);
 }
+
+#[test]
+fn tls_certificates_are_verified_unless_insecure() {
+    let server = Server::start_tls();
+    let body = server.file("/f", 1, 5000);
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &server.url("/f"));
+    let start = Instant::now();
+    // A bad certificate is permanent: no 2 s retry wait.
+    let out = run(fetch(tmp.path()).args(["--retry-delay", "2s", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(start.elapsed() < Duration::from_millis(1500), "retried a certificate error");
+    assert!(out.stderr.to_lowercase().contains("certificate"), "{}", out.stderr);
+    assert!(server.log().is_empty());
+
+    let out = run(fetch(tmp.path()).args(["--insecure", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), body);
+}
+
+#[test]
+fn proxies_from_the_environment_are_used() {
+    let proxy = Server::start();
+    proxy.file("/f", 1, 100);
+    let tmp = tempfile::tempdir().unwrap();
+    // No such host: only the proxy can answer.
+    write(tmp.path(), "m.txt", "http://fetch-test.invalid/f\n");
+    let out = run(fetch(tmp.path()).env("HTTP_PROXY", proxy.url("")).arg("m.txt"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), crate::content(1, 100));
+
+    std::fs::remove_file(tmp.path().join("f")).unwrap();
+    let out = run(fetch(tmp.path())
+        .env("HTTP_PROXY", proxy.url(""))
+        .env("NO_PROXY", "fetch-test.invalid")
+        .args(["--retries", "0", "m.txt"]));
+    assert_eq!(out.code, Some(1), "NO_PROXY must bypass the proxy: {out:?}");
+    assert_eq!(proxy.log().len(), 1);
+}

@@ -11,11 +11,22 @@ use std::time::{Duration, Instant};
 
 pub use server::{Route, Server, content};
 
+const PROXY_VARS: [&str; 8] = [
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
 /// A `fetch` command run in `dir`, with no proxy from the environment.
 pub fn fetch(dir: &Path) -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("fetch").unwrap();
     cmd.current_dir(dir).timeout(Duration::from_secs(60));
-    for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+    for var in PROXY_VARS {
         cmd.env_remove(var);
     }
     cmd
@@ -25,7 +36,7 @@ pub fn fetch(dir: &Path) -> assert_cmd::Command {
 pub fn fetch_std(dir: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("fetch"));
     cmd.current_dir(dir);
-    for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+    for var in PROXY_VARS {
         cmd.env_remove(var);
     }
     cmd

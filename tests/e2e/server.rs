@@ -102,6 +102,7 @@ struct Shared {
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
+    scheme: &'static str,
     shared: Arc<Shared>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -112,6 +113,30 @@ impl Server {
     }
 
     pub fn start_on(ip: IpAddr) -> Server {
+        Server::start_with(ip, None)
+    }
+
+    /// An HTTPS server with the self-signed certificate in `tls/`.
+    pub fn start_tls() -> Server {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/tls");
+        let certs = vec![CertificateDer::from_pem_file(format!("{dir}/cert.pem")).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}/key.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let mut server = Server::start_with("127.0.0.1".parse().unwrap(), Some(acceptor));
+        server.scheme = "https";
+        server
+    }
+
+    fn start_with(ip: IpAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Server {
         let shared = Arc::new(Shared::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -126,11 +151,16 @@ impl Server {
                     loop {
                         let Ok((stream, _)) = listener.accept().await else { continue };
                         let state = state.clone();
+                        let tls = tls.clone();
                         tokio::spawn(async move {
-                            let service = service_fn(move |req| handle(state.clone(), req));
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
+                            match tls {
+                                None => serve(state, stream).await,
+                                Some(tls) => {
+                                    if let Ok(stream) = tls.accept(stream).await {
+                                        serve(state, stream).await;
+                                    }
+                                }
+                            }
                         });
                     }
                 };
@@ -143,11 +173,11 @@ impl Server {
             rt.shutdown_background();
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("server did not start");
-        Server { addr, shared, _stop: stop_tx }
+        Server { addr, scheme: "http", shared, _stop: stop_tx }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     /// Serve `route` at `path` (replacing what was there).
@@ -184,6 +214,14 @@ impl Server {
     pub fn body_bytes(&self) -> usize {
         self.shared.body_bytes.load(Ordering::SeqCst)
     }
+}
+
+async fn serve<S>(state: Arc<Shared>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(state.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
 }
 
 type BoxBody = Pin<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send>>;
