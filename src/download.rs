@@ -96,12 +96,15 @@ impl Outcome {
     }
 }
 
-/// Download one entry; never fails, the outcome says how it went.
-pub async fn download(entry: Entry, ctx: Arc<Context>) -> Outcome {
+/// Download one entry; never fails, the outcome says how it went. `None`
+/// when the run was interrupted before this entry began: like the manifest
+/// lines not yet read, it is left for the next run and not reported.
+pub async fn download(entry: Entry, ctx: Arc<Context>) -> Option<Outcome> {
     let started = Instant::now();
     let mut outcome = Outcome::start(&entry);
     let result = run(&entry, &ctx, &mut outcome).await;
     match result {
+        Ok(Done::NotStarted) => return None,
         Ok(Done::Downloaded) => outcome.status = Status::Downloaded,
         Ok(Done::Skipped(reason)) => {
             outcome.status = Status::Skipped;
@@ -113,12 +116,13 @@ pub async fn download(entry: Entry, ctx: Arc<Context>) -> Outcome {
         }
     }
     outcome.elapsed = started.elapsed();
-    outcome
+    Some(outcome)
 }
 
 enum Done {
     Downloaded,
     Skipped(SkipReason),
+    NotStarted,
 }
 
 fn exists(path: &Path) -> bool {
@@ -132,7 +136,10 @@ async fn run(entry: &Entry, ctx: &Context, outcome: &mut Outcome) -> Result<Done
     }
     // Entries of this run that share a destination go one at a time; a later
     // one finds the file in place, or the earlier one's success flag.
-    let dest_permit = ctx.destinations.acquire(dest.clone()).await;
+    let Some(dest_permit) = ctx.shutdown.unless_cancelled(ctx.destinations.acquire(dest.clone())).await
+    else {
+        return Ok(Done::NotStarted);
+    };
     if dest_permit.done() || (!ctx.overwrite && exists(dest)) {
         return Ok(Done::Skipped(SkipReason::CompletedElsewhere));
     }
@@ -141,7 +148,10 @@ async fn run(entry: &Entry, ctx: &Context, outcome: &mut Outcome) -> Result<Done
     let host = entry.url.host_str().unwrap_or_default().to_owned()
         + ":"
         + &entry.url.port_or_known_default().unwrap_or(0).to_string();
-    let mut slot = Some(ctx.limits.slot(&host).await);
+    let Some(slot) = ctx.shutdown.unless_cancelled(ctx.limits.slot(&host)).await else {
+        return Ok(Done::NotStarted);
+    };
+    let mut slot = Some(slot);
 
     let partial_error = |source| DownloadError::Partial { path: crate::fsx::part_paths(dest).0, source };
     let mut partial = match Partial::open(dest).map_err(partial_error)? {

@@ -129,7 +129,8 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
                 }
             },
             Some(joined) = tasks.join_next() => match joined {
-                Ok(outcome) => finish(outcome, &mut summary),
+                Ok(Some(outcome)) => finish(outcome, &mut summary),
+                Ok(None) => {}
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             },
             () = shutdown.cancelled(), if reading => reading = false,

@@ -54,6 +54,15 @@ impl Shutdown {
         *self.rx.borrow()
     }
 
+    /// Run `work` unless a signal arrives first (or has already).
+    pub async fn unless_cancelled<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            () = self.cancelled() => None,
+            out = work => Some(out),
+        }
+    }
+
     /// Resolves once a signal has arrived.
     pub async fn cancelled(&self) {
         let mut rx = self.rx.clone();
