@@ -257,7 +257,8 @@ fn ctrl_c_keeps_the_partial_and_exits_130_then_resumes() {
         // started are left for the next run, not reported as failures.
         server.file("/small", 1, 10);
         let more: String = (0..20).map(|i| format!("{} small{i}\n", server.url("/small"))).collect();
-        let (mut child, body) = start_throttled(&server, tmp.path(), &["-j", "1"], &more);
+        let (mut child, body) =
+            start_throttled(&server, tmp.path(), &["-j", "1", "--report", "r.jsonl"], &more);
         let status = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
             .status();
@@ -266,7 +267,12 @@ fn ctrl_c_keeps_the_partial_and_exits_130_then_resumes() {
         assert!(exited, "fetch did not stop on SIG{signal}");
         assert_eq!(child.wait().unwrap().code(), Some(code));
         let stderr = std::fs::read_to_string(tmp.path().join("stderr.txt")).unwrap();
-        assert!(stderr.contains(" downloaded, 0 skipped, 1 failed"), "summary printed: {stderr}");
+        let report = std::fs::read_to_string(tmp.path().join("r.jsonl")).unwrap();
+        assert!(stderr.contains(" downloaded, 0 skipped, 1 failed"), "summary printed: {stderr}\n{report}");
+        // The report is written on interrupt: the interrupted entry is in it.
+        let big =
+            report.lines().find(|l| l.contains("\"path\":\"big\"")).unwrap_or_else(|| panic!("{report}"));
+        assert!(big.contains("\"status\":\"failed\"") && big.contains("\"error\":\"interrupted\""), "{big}");
         assert!(!tmp.path().join("big").exists());
         assert!(std::fs::metadata(tmp.path().join("big.fetch-part")).unwrap().len() >= 200_000);
 
