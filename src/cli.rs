@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+use crate::shard::Shard;
 
 const AFTER_HELP: &str = "\
 Manifest lines:
@@ -20,15 +22,22 @@ Exit status: 0 all downloaded or skipped, 1 some entry failed, 2 usage error,
 130/143 interrupted (partial files are kept and resumed by the next run).
 
 Examples:
-  fetch urls.txt
-  fetch -j 32 --dir /data urls.txt
-  generate-manifest | fetch -q -H @auth-headers.txt";
+  fetch urls.txt                              download into the current directory
+  fetch -j 32 --dir /data urls.txt            32 at once, into /data
+  generate-manifest | fetch -q -H @auth.txt   from a pipe, quiet, headers from a file
+  fetch --dry-run urls.txt                    check a manifest without downloading
+  fetch --shard 2/8 urls.txt                  this machine's eighth of the work
+  fetch -q --report run.jsonl urls.txt        for cron: failures, summary, JSON report";
 
 /// A bulk downloader: reads URL/path pairs and downloads them concurrently,
 /// with retries, resume, verification and atomic renames.
 #[derive(Debug, Parser)]
 #[command(name = "fetch", version, about, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Manifest files to read, in order; `-` is standard input (the default).
     #[arg(value_name = "MANIFEST")]
     pub manifests: Vec<PathBuf>,
@@ -101,9 +110,39 @@ pub struct Cli {
     #[arg(short = 'v', long, help_heading = "Output")]
     pub verbose: bool,
 
-    /// Write one JSON object per entry to FILE (`-` for standard output).
+    /// Append one JSON object per entry to FILE (`-` for standard output).
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub report: Option<PathBuf>,
+
+    /// Progress display: auto (bars on a terminal, else log), bar, log (a line per entry), none.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = ProgressMode::Auto, help_heading = "Output")]
+    pub progress: ProgressMode,
+
+    /// Validate the manifest and print what would be downloaded or skipped; make no request.
+    #[arg(long, help_heading = "Run")]
+    pub dry_run: bool,
+
+    /// Process only the entries whose destination path hashes to shard K of N (0 <= K < N).
+    #[arg(long, value_name = "K/N", help_heading = "Run")]
+    pub shard: Option<Shard>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `--progress`: what each mode does is in the option's help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Bar,
+    Log,
+    None,
 }
 
 /// A duration written as a number and a unit: `500ms`, `2s`, `1.5m`, `1h`.

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::cli::{Cli, HeaderArg, HeaderLine};
+use crate::cli::{Cli, HeaderArg, HeaderLine, ProgressMode};
 use crate::dest::Rules;
 use crate::manifest::Source;
-use crate::progress::Verbosity;
+use crate::progress::{Display, Verbosity};
 use crate::retry::RetryPolicy;
+use crate::shard::Shard;
 
 #[derive(Debug)]
 pub struct Config {
@@ -31,7 +32,10 @@ pub struct Config {
     pub user_agent: String,
     pub insecure: bool,
     pub verbosity: Verbosity,
+    pub display: Display,
     pub report: Option<PathBuf>,
+    pub dry_run: bool,
+    pub shard: Option<Shard>,
 }
 
 /// A command line that cannot run: exit status 2.
@@ -63,12 +67,18 @@ impl Config {
             return Err(ConfigError::RetryDelays(cli.retry_delay.0, cli.retry_max_delay.0));
         }
         let dir_error = |source| ConfigError::Dir { path: cli.dir.clone(), source };
-        // Like wget -P and curl --create-dirs: a missing --dir is created.
-        std::fs::create_dir_all(&cli.dir).map_err(dir_error)?;
-        if !cli.dir.is_dir() {
-            return Err(dir_error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
-        }
-        let rules = Rules::new(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?;
+        let rules = if cli.dry_run && !cli.dir.exists() {
+            // A dry run changes nothing, not even by creating --dir.
+            Rules::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
+        } else {
+            // Like wget -P and curl --create-dirs: a missing --dir is created.
+            std::fs::create_dir_all(&cli.dir).map_err(dir_error)?;
+            if !cli.dir.is_dir() {
+                return Err(dir_error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
+            }
+            Rules::new(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
+        };
+        let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
         Ok(Config {
             sources,
             rules,
@@ -86,9 +96,25 @@ impl Config {
             headers,
             user_agent: cli.user_agent,
             insecure: cli.insecure,
-            verbosity: Verbosity::from_flags(cli.quiet, cli.verbose),
+            verbosity,
+            display: display(cli.progress, verbosity),
             report: cli.report,
+            dry_run: cli.dry_run,
+            shard: cli.shard,
         })
+    }
+}
+
+/// Decide `--progress auto`: bars for a person at a terminal, plain lines
+/// for logs and cron mail. `-q` asks for failures only, so no bars. (Colors
+/// follow the terminal and NO_COLOR through the `console` crate.)
+fn display(mode: ProgressMode, verbosity: Verbosity) -> Display {
+    let terminal = io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    match mode {
+        ProgressMode::Auto if terminal && verbosity != Verbosity::Quiet => Display::Bar { forced: false },
+        ProgressMode::Auto | ProgressMode::Log => Display::Log,
+        ProgressMode::Bar => Display::Bar { forced: !terminal },
+        ProgressMode::None => Display::None,
     }
 }
 

@@ -100,11 +100,26 @@ impl Rules {
         Ok(if self.dir == Path::new(".") { rel } else { self.dir.join(rel) })
     }
 
+    /// Rules for a `--dir` that does not exist yet (a dry run creates nothing).
+    pub fn planned(dir: PathBuf, allow_escape: bool) -> io::Result<Self> {
+        let canonical_dir = std::path::absolute(&dir)?;
+        Ok(Rules { dir, canonical_dir, allow_escape })
+    }
+
     /// Create the destination's missing parent directories, first making
     /// sure that no symlink among the existing ones leads outside `--dir`.
     pub fn prepare_parent(&self, dest: &Path) -> Result<(), PrepareError> {
+        if let Some(parent) = self.check_parent(dest)? {
+            std::fs::create_dir_all(parent)?;
+        }
+        Ok(())
+    }
+
+    /// The escape check of [`Rules::prepare_parent`], creating nothing;
+    /// returns the parent directory, if the destination has one.
+    pub fn check_parent<'a>(&self, dest: &'a Path) -> Result<Option<&'a Path>, PrepareError> {
         let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) else {
-            return Ok(());
+            return Ok(None);
         };
         if !self.allow_escape {
             // The deepest ancestor that exists decides where new directories land.
@@ -122,7 +137,7 @@ impl Rules {
             // The destination itself: renaming onto a symlink replaces the
             // link, never its target, so only its directory matters.
         }
-        std::fs::create_dir_all(parent).map_err(PrepareError::Io)
+        Ok(Some(parent))
     }
 }
 

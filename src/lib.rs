@@ -14,6 +14,7 @@ pub mod dest;
 pub mod download;
 pub mod fsx;
 pub mod manifest;
+pub mod plan;
 pub mod pool;
 pub mod progress;
 pub mod redact;
@@ -32,7 +33,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::download::Context;
-use crate::manifest::Item;
+use crate::manifest::{Item, Reader};
 use crate::pool::{Keyed, Limits};
 use crate::progress::Reporter;
 use crate::report::{Outcome, Report, Summary};
@@ -53,6 +54,10 @@ pub enum Error {
 
 /// Run the downloads that `config` describes.
 pub fn run(config: Config) -> Result<Summary, Error> {
+    if config.dry_run {
+        let reporter = Reporter::new(config.verbosity, progress::Display::Log);
+        return Ok(plan::run(config, &reporter));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::Runtime)?;
     runtime.block_on(run_async(config))
 }
@@ -68,16 +73,28 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
         ),
         None => None,
     };
-    let reporter = Arc::new(Reporter::new(config.verbosity));
+    let reporter = Arc::new(Reporter::new(config.verbosity, config.display));
+    let reader = Reader { rules: config.rules.clone(), shard: config.shard };
+
+    // The bars' total: count the manifest files in a second pass, in the
+    // background (a pipe cannot be read twice, so its total stays unknown).
+    let paths: Option<Vec<_>> = config.sources.iter().map(|s| s.path.clone()).collect();
+    if let (progress::Display::Bar { .. }, Some(paths)) = (config.display, paths) {
+        let (reader, reporter) = (reader.clone(), reporter.clone());
+        std::thread::spawn(move || {
+            if let Ok(total) = reader.count(&paths) {
+                reporter.set_total(total);
+            }
+        });
+    }
 
     // A plain thread, not spawn_blocking: a read from a quiet pipe may block
     // forever and must not keep the runtime from shutting down.
     let (tx, mut rx) = mpsc::channel(config.jobs.max(64));
-    let rules = config.rules.clone();
     let sources = config.sources;
     std::thread::Builder::new()
         .name("manifest".into())
-        .spawn(move || manifest::read_all(sources, &rules, &tx))
+        .spawn(move || reader.read_all(sources, &tx))
         .map_err(Error::Runtime)?;
 
     let ctx = Arc::new(Context {

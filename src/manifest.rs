@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::dest::{self, DestError, Rules};
+use crate::shard::Shard;
 
 /// A manifest line longer than this is refused rather than buffered.
 const MAX_LINE: usize = 64 * 1024;
@@ -91,6 +92,8 @@ pub enum LineError {
 /// is a usage error (exit 2) rather than a surprise halfway through.
 pub struct Source {
     pub name: Arc<str>,
+    /// The file, for a second pass that counts entries; `None` for stdin.
+    pub path: Option<PathBuf>,
     pub reader: Box<dyn Read + Send>,
 }
 
@@ -102,7 +105,7 @@ impl fmt::Debug for Source {
 
 impl Source {
     pub fn stdin() -> Self {
-        Source { name: "<stdin>".into(), reader: Box::new(io::stdin()) }
+        Source { name: "<stdin>".into(), path: None, reader: Box::new(io::stdin()) }
     }
 
     pub fn open(path: &std::path::Path) -> io::Result<Self> {
@@ -110,54 +113,106 @@ impl Source {
         if file.metadata()?.is_dir() {
             return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
         }
-        Ok(Source { name: path.display().to_string().into(), reader: Box::new(file) })
+        Ok(Source {
+            name: path.display().to_string().into(),
+            path: Some(path.to_owned()),
+            reader: Box::new(file),
+        })
     }
 }
 
-/// Read every source in order on the calling (blocking) thread, sending
-/// items until the receiver goes away.
-pub fn read_all(sources: Vec<Source>, rules: &Rules, tx: &mpsc::Sender<Item>) {
-    for source in sources {
-        let name = source.name.clone();
-        if let Err(error) = read_source(source, rules, tx)
-            && tx.blocking_send(Item::ReadFailed { source: name, error }).is_err()
-        {
-            return;
-        }
-    }
+/// How lines become items: destination rules and the shard filter.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub rules: Rules,
+    pub shard: Option<Shard>,
 }
 
-fn read_source(source: Source, rules: &Rules, tx: &mpsc::Sender<Item>) -> io::Result<()> {
-    let mut reader = BufReader::with_capacity(64 * 1024, source.reader);
-    let mut buf = Vec::with_capacity(256);
-    let mut line_no = 0u64;
-    loop {
-        buf.clear();
-        let n = (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        line_no += 1;
-        let parsed = if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
-            // Skip the rest of the overlong line.
-            let mut sink = Vec::new();
-            reader.read_until(b'\n', &mut sink)?;
-            Err(LineError::TooLong)
-        } else {
-            match std::str::from_utf8(&buf) {
-                Ok(text) => parse_line(text, rules),
-                Err(_) => Err(LineError::NotUtf8),
+impl Reader {
+    /// Read every source in order on the calling (blocking) thread, sending
+    /// items until the receiver goes away.
+    pub fn read_all(&self, sources: Vec<Source>, tx: &mpsc::Sender<Item>) {
+        for source in sources {
+            let name = source.name.clone();
+            let mut send = |item| tx.blocking_send(item).is_ok();
+            match self.read_source(&name, source.reader, &mut send) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    if !send(Item::ReadFailed { source: name, error }) {
+                        return;
+                    }
+                }
             }
-        };
-        let location = || Location { source: source.name.clone(), line: line_no };
-        let item = match parsed {
-            Ok(None) => continue,
-            Ok(Some(spec)) => Item::Entry(Box::new(spec.into_entry(location()))),
-            Err(error) => Item::Invalid { location: location(), error },
-        };
-        if tx.blocking_send(item).is_err() {
-            return Ok(());
         }
+    }
+
+    /// How many items (entries and invalid lines, in this shard) the files
+    /// hold: the total for the progress display.
+    pub fn count(&self, paths: &[PathBuf]) -> io::Result<u64> {
+        let mut total = 0u64;
+        for path in paths {
+            let name: Arc<str> = path.display().to_string().into();
+            self.read_source(&name, Box::new(File::open(path)?), &mut |_| {
+                total += 1;
+                true
+            })?;
+        }
+        Ok(total)
+    }
+
+    /// Parse one source, giving each item to `sink` until it returns false
+    /// (then `Ok(false)`).
+    fn read_source(
+        &self,
+        name: &Arc<str>,
+        reader: Box<dyn Read + Send>,
+        sink: &mut dyn FnMut(Item) -> bool,
+    ) -> io::Result<bool> {
+        let mut reader = BufReader::with_capacity(64 * 1024, reader);
+        let mut buf = Vec::with_capacity(256);
+        let mut line_no = 0u64;
+        loop {
+            buf.clear();
+            let n = (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            line_no += 1;
+            let (parsed, text) = if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
+                // Skip the rest of the overlong line.
+                let mut sink = Vec::new();
+                reader.read_until(b'\n', &mut sink)?;
+                (Err(LineError::TooLong), "")
+            } else {
+                match std::str::from_utf8(&buf) {
+                    Ok(text) => (parse_line(text, &self.rules), text),
+                    Err(_) => (Err(LineError::NotUtf8), ""),
+                }
+            };
+            let location = || Location { source: name.clone(), line: line_no };
+            let item = match parsed {
+                Ok(None) => continue,
+                Ok(Some(spec)) if self.shard.is_some_and(|s| !s.contains(&spec.path)) => continue,
+                Ok(Some(spec)) => Item::Entry(Box::new(spec.into_entry(location()))),
+                Err(_) if self.shard.is_some_and(|s| !s.contains(shard_key(text))) => continue,
+                Err(error) => Item::Invalid { location: location(), error },
+            };
+            if !sink(item) {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// What an invalid line is sharded by, so every line, valid or not, is
+/// handled by exactly one shard: its path when the line has one in text
+/// form (`URL PATH`), else the whole line.
+fn shard_key(line: &str) -> &str {
+    let line = line.trim();
+    match line.split_once(char::is_whitespace) {
+        Some((_, path)) if !line.starts_with('{') => path.trim(),
+        _ => line,
     }
 }
 
@@ -336,11 +391,15 @@ mod tests {
     fn reader_locates_lines_and_streams_all_sources() {
         let text = b"# header\n\nhttp://h/a\nftp://h/b\n\xff\xfe\nhttp://h/c\n";
         let sources = vec![
-            Source { name: "m1".into(), reader: Box::new(io::Cursor::new(text.to_vec())) },
-            Source { name: "m2".into(), reader: Box::new(io::Cursor::new(b"http://h/d".to_vec())) },
+            Source { name: "m1".into(), path: None, reader: Box::new(io::Cursor::new(text.to_vec())) },
+            Source {
+                name: "m2".into(),
+                path: None,
+                reader: Box::new(io::Cursor::new(b"http://h/d".to_vec())),
+            },
         ];
         let (tx, mut rx) = mpsc::channel(16);
-        read_all(sources, &rules(), &tx);
+        Reader { rules: rules(), shard: None }.read_all(sources, &tx);
         drop(tx);
         let mut seen = Vec::new();
         while let Ok(item) = rx.try_recv() {

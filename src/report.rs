@@ -111,6 +111,7 @@ impl Summary {
 
 #[derive(Serialize)]
 struct Record<'a> {
+    run_id: &'a str,
     url: Option<&'a str>,
     path: String,
     status: Status,
@@ -124,10 +125,12 @@ struct Record<'a> {
     resumed_from: u64,
 }
 
-/// The `--report` writer.
+/// The `--report` writer. Every record carries the run's id (a UUIDv7,
+/// which sorts by time) so many cron runs can append to one file.
 #[derive(Debug)]
 pub struct Report {
     out: BufWriter<Box<dyn WriteDebug>>,
+    run_id: String,
 }
 
 trait WriteDebug: Write + Send + std::fmt::Debug {}
@@ -142,11 +145,12 @@ impl Report {
         } else {
             Box::new(OpenOptions::new().create(true).append(true).open(path)?) as Box<File>
         };
-        Ok(Report { out: BufWriter::new(out) })
+        Ok(Report { out: BufWriter::new(out), run_id: uuid::Uuid::now_v7().to_string() })
     }
 
     pub fn write(&mut self, outcome: &Outcome) -> io::Result<()> {
         let record = Record {
+            run_id: &self.run_id,
             url: outcome.url.as_deref(),
             path: outcome.path.display().to_string(),
             status: outcome.status,

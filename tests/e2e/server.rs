@@ -235,8 +235,9 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
             None => None,
             Some(route) => {
                 let mut status = route.statuses.pop_front();
-                let mut cut = route.cuts.pop_front();
-                let stall = route.stalls.pop_front();
+                // Body faults apply to responses that have a body to fault.
+                let mut cut = if status.is_none() { route.cuts.pop_front() } else { None };
+                let stall = if status.is_none() { route.stalls.pop_front() } else { None };
                 if let Some((cut_pct, status_pct, rng)) = state.chaos.lock().unwrap().as_mut() {
                     let mut roll = || {
                         *rng ^= *rng << 13;

@@ -1,0 +1,68 @@
+//! `--dry-run`: read and validate the whole manifest and say, on standard
+//! output, what a real run would download or skip. No request is made and
+//! nothing is created, not even `--dir`.
+//!
+//! One line per entry: `download  PATH  URL` or `skip      PATH  (exists)`;
+//! invalid lines and destinations refused by the symlink check go to
+//! standard error as in a real run. Entries of one run that share a
+//! destination are not detected here: that would need memory that grows
+//! with the manifest.
+
+use std::io::{self, Write};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::manifest::{Item, Reader};
+use crate::progress::Reporter;
+use crate::redact;
+use crate::report::Summary;
+
+pub fn run(config: Config, reporter: &Reporter) -> Summary {
+    let reader = Reader { rules: config.rules.clone(), shard: config.shard };
+    let (tx, mut rx) = mpsc::channel(1024);
+    let sources = config.sources;
+    std::thread::spawn(move || reader.read_all(sources, &tx));
+
+    let mut summary = Summary::default();
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut planned = 0u64;
+    while let Some(item) = rx.blocking_recv() {
+        let written = match item {
+            Item::Entry(entry) => {
+                let dest = entry.dest.display();
+                if !config.overwrite && std::fs::symlink_metadata(&entry.dest).is_ok() {
+                    summary.skipped += 1;
+                    writeln!(out, "skip      {dest}  (exists)")
+                } else if let Err(e) = config.rules.check_parent(&entry.dest) {
+                    summary.failed += 1;
+                    reporter.error(&format_args!("{}: {dest}: {e}", entry.location));
+                    Ok(())
+                } else {
+                    planned += 1;
+                    writeln!(out, "download  {dest}  {}", redact::url(&entry.url))
+                }
+            }
+            Item::Invalid { location, error } => {
+                summary.failed += 1;
+                reporter.error(&format_args!("{location}: {error}"));
+                Ok(())
+            }
+            Item::ReadFailed { source, error } => {
+                summary.manifest_error = true;
+                reporter.error(&format_args!("cannot read manifest {source}: {error}"));
+                Ok(())
+            }
+        };
+        if written.is_err() {
+            // A closed stdout (`fetch --dry-run m | head`) ends the listing.
+            break;
+        }
+    }
+    let _ = out.flush();
+    reporter.error(&format_args!(
+        "dry run: {planned} to download, {} to skip, {} invalid; nothing was downloaded",
+        summary.skipped, summary.failed
+    ));
+    summary
+}
