@@ -304,7 +304,8 @@ impl Bars {
         let mut last = (Instant::now(), 0u64);
         let mut rate = 0.0f64;
         while !self.stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
+            // Parked rather than asleep, so that stop() need not wait out a tick.
+            std::thread::park_timeout(Duration::from_millis(100));
             let total = counters.total_files.load(Ordering::Relaxed);
             if total != UNKNOWN && !known {
                 known = true;
@@ -387,6 +388,7 @@ impl Bars {
     fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(ticker) = self.ticker.lock().expect("ticker lock").take() {
+            ticker.thread().unpark();
             let _ = ticker.join();
         }
         self.overall.finish_and_clear();
