@@ -450,3 +450,34 @@ fn proxies_from_the_environment_are_used() {
     assert_eq!(out.code, Some(1), "NO_PROXY must bypass the proxy: {out:?}");
     assert_eq!(proxy.log().len(), 1);
 }
+
+#[test]
+fn a_connect_that_hangs_fails_after_the_connect_timeout() {
+    // A listener that never accepts: once its accept queue is full, the
+    // kernel drops further SYNs and a connect hangs, as on a dead route.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        held.push(stream);
+        assert!(held.len() < 5000, "the accept queue never filled");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("http://{addr}/f"));
+    let start = Instant::now();
+    let out = run(fetch(tmp.path()).args([
+        "--connect-timeout",
+        "300ms",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "10ms",
+        "m.txt",
+    ]));
+    let elapsed = start.elapsed();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("f: timed out"), "{}", out.stderr);
+    assert!(out.stderr.contains("(after 2 attempts)"), "a connect timeout is retried: {}", out.stderr);
+    assert!(elapsed >= Duration::from_millis(600) && elapsed < Duration::from_secs(5), "{elapsed:?}");
+    drop(listener);
+}

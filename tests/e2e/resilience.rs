@@ -419,12 +419,14 @@ fn disk_errors_fail_those_entries_only_and_permanently() {
     assert!(checked);
 }
 
+/// `FETCH_SOAK_FILES=500 cargo test soak -- --nocapture` for a longer soak.
 #[test]
 fn soak_every_file_completes_through_cuts_and_503s() {
+    let count: u64 = std::env::var("FETCH_SOAK_FILES").ok().and_then(|n| n.parse().ok()).unwrap_or(200);
     let server = Server::start();
     let mut manifest = String::new();
     let mut bodies = Vec::new();
-    for i in 0..200u64 {
+    for i in 0..count {
         let len = 1000 + (i as usize * 7919) % 60_000;
         bodies.push(server.file(&format!("/s{i}"), i, len));
         manifest.push_str(&format!("{} s/{i}\n", server.url(&format!("/s{i}"))));
@@ -438,5 +440,16 @@ fn soak_every_file_completes_through_cuts_and_503s() {
         assert_eq!(&std::fs::read(tmp.path().join(format!("s/{i}"))).unwrap(), body, "file {i}");
     }
     let total: usize = bodies.iter().map(Vec::len).sum();
+    let log = server.log();
+    let ranged = log.iter().filter(|l| l.header("range").is_some()).count();
+    let failed = log.iter().filter(|l| l.status == 503).count();
+    eprintln!(
+        "soak: {count} files, {total} bytes; {} requests ({failed} answered 503, {ranged} resumed with Range); \
+         {} body bytes sent, {} re-sent ({:.1}%)",
+        log.len(),
+        server.body_bytes(),
+        server.body_bytes() - total,
+        100.0 * (server.body_bytes() - total) as f64 / total as f64
+    );
     assert!(server.body_bytes() < total * 3 / 2, "re-sent {} of {total}", server.body_bytes() - total);
 }
