@@ -64,6 +64,16 @@ pub struct Cli {
           help_heading = "Concurrency")]
     pub per_host: Option<u32>,
 
+    /// Split files of at least this size into ranges fetched over several connections
+    /// (needs a server that supports ranges): 64M, 1G, 500K, or bytes.
+    #[arg(long, value_name = "SIZE", default_value = "64M", help_heading = "Concurrency")]
+    pub split_size: ByteSize,
+
+    /// Connections for one split file; 1 turns splitting off. Each counts against --jobs and --per-host.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=64), help_heading = "Concurrency")]
+    pub max_connections_per_file: u32,
+
     /// Retries after the first attempt of each download.
     #[arg(long, value_name = "N", default_value_t = 5, help_heading = "Retries")]
     pub retries: u32,
@@ -181,6 +191,46 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// A size in bytes with an optional binary unit, as aria2's `-k` and
+/// curl's `--limit-rate` take it: `512K`, `64M`, `1G`, `1.5G` (`KiB`,
+/// `MB` and lower case are accepted; every unit is a power of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected a number and a unit, like 64M"))?;
+        let unit = unit.trim().to_ascii_uppercase();
+        let unit = unit.strip_suffix("IB").or_else(|| unit.strip_suffix('B')).unwrap_or(&unit);
+        let shift = match unit {
+            "" => 0,
+            "K" => 10,
+            "M" => 20,
+            "G" => 30,
+            "T" => 40,
+            _ => return Err(format!("invalid size unit in {s:?}: use K, M, G or T")),
+        };
+        let bytes = value * (1u64 << shift) as f64;
+        if !(bytes.is_finite() && bytes < u64::MAX as f64) {
+            return Err(format!("size {s:?} is out of range"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// One `-H` argument: a header line, or `@FILE` naming a file of header lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderArg {
@@ -262,6 +312,27 @@ mod tests {
         }
         for bad in ["", "s", "1d", "-1s", "1..2s", "ms", "1e3s", "99999999999999999999h"] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        let ok = [
+            ("0", 0),
+            ("1000", 1000),
+            ("512K", 512 << 10),
+            ("64M", 64 << 20),
+            ("64MiB", 64 << 20),
+            ("64mb", 64 << 20),
+            ("1.5G", 3 << 29),
+            ("2T", 2 << 40),
+            (" 8 M ", 8 << 20),
+        ];
+        for (input, want) in ok {
+            assert_eq!(input.parse::<ByteSize>(), Ok(ByteSize(want)), "{input}");
+        }
+        for bad in ["", "M", "1X", "-1M", "1..2M", "99999999999T"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} should not parse");
         }
     }
 

@@ -14,6 +14,7 @@ use crate::dest::Rules;
 use crate::manifest::Source;
 use crate::progress::{Display, Verbosity};
 use crate::retry::RetryPolicy;
+use crate::segments::SplitPolicy;
 use crate::shard::Shard;
 
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Config {
     pub overwrite: bool,
     pub jobs: usize,
     pub per_host: Option<usize>,
+    /// None when `--max-connections-per-file 1` turns splitting off.
+    pub split: Option<SplitPolicy>,
     pub retry: RetryPolicy,
     pub resume: bool,
     pub connect_timeout: Duration,
@@ -85,6 +88,10 @@ impl Config {
             overwrite: cli.overwrite,
             jobs: cli.jobs as usize,
             per_host: cli.per_host.map(|n| n as usize),
+            split: (cli.max_connections_per_file > 1).then(|| SplitPolicy {
+                min_size: cli.split_size.0.max(1),
+                connections: cli.max_connections_per_file as usize,
+            }),
             retry: RetryPolicy {
                 retries: cli.retries,
                 delay: cli.retry_delay.0,

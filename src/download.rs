@@ -3,6 +3,10 @@
 //! be resumed, run attempts with backoff until one succeeds or the failure is
 //! permanent, verify, and commit.
 //!
+//! A large file on a server that takes ranges is handed to
+//! [`crate::segments`] once its first response shows that; if the server
+//! then misbehaves with ranges, the file restarts here as one stream.
+//!
 //! The retry budget (`--retries`) counts consecutive attempts that brought
 //! no new bytes: an attempt that moved the file forward resets it, so a large
 //! file over a link that drops every minute still finishes, while a server
@@ -18,19 +22,22 @@ use sha2::{Digest, Sha256};
 use crate::dest::{PrepareError, Rules};
 use crate::fsx::{Committed, Opened, Partial};
 use crate::manifest::{Entry, LineError, Location};
-use crate::pool::{Keyed, Limits};
+use crate::pool::{Keyed, Limits, Slot};
 use crate::progress::Reporter;
+use crate::progress::TransferProgress;
 use crate::redact;
 use crate::report::{Outcome, SkipReason, Status};
 use crate::retry::{Class, RetryPolicy};
+use crate::segments::{self, SplitPolicy};
 use crate::shutdown::Shutdown;
-use crate::transfer::{self, AttemptError, State, Target};
+use crate::transfer::{self, AttemptError, Attempted, State, Target};
 
 /// What every download of a run shares.
 #[derive(Debug)]
 pub struct Context {
     pub client: reqwest::Client,
     pub limits: Limits,
+    pub split: Option<SplitPolicy>,
     /// One in-flight download per destination within this run.
     pub destinations: Keyed<PathBuf>,
     pub rules: Rules,
@@ -129,7 +136,7 @@ fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
-async fn run(entry: &Entry, ctx: &Context, outcome: &mut Outcome) -> Result<Done, DownloadError> {
+async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result<Done, DownloadError> {
     let dest = &entry.dest;
     if !ctx.overwrite && exists(dest) {
         return Ok(Done::Skipped(SkipReason::Exists));
@@ -165,24 +172,81 @@ async fn run(entry: &Entry, ctx: &Context, outcome: &mut Outcome) -> Result<Done
     }
 
     let mut state = State { hasher: entry.sha256.map(|_| Sha256::new()), ..State::default() };
-    resume_or_truncate(entry, ctx, &mut partial, &mut state).map_err(partial_error)?;
-    outcome.resumed_from = state.offset;
+    let resume = resume_or_truncate(entry, ctx, &mut partial, &mut state).map_err(partial_error)?;
+    let mut resume_split = match resume {
+        Resume::Split(done) => {
+            outcome.resumed_from = done.iter().map(|[s, e]| e - s).sum();
+            Some(done)
+        }
+        Resume::Prefix | Resume::Fresh => {
+            outcome.resumed_from = state.offset;
+            None
+        }
+    };
 
     let headers = merged_headers(&ctx.headers, &entry.headers);
-    let target = Target { client: &ctx.client, url: &entry.url, headers: &headers, size: entry.size };
-    let progress = ctx.reporter.transfer(dest);
+    let split = ctx.split.filter(|p| entry.size.is_none_or(|size| size >= p.min_size));
+    let mut target =
+        Target { client: &ctx.client, url: &entry.url, headers: &headers, size: entry.size, split };
+    let progress = Arc::new(ctx.reporter.transfer(dest));
     let mut schedule = ctx.retry.schedule();
     let mut failures = 0u32;
     let mut high_water = state.offset;
     let mut restarted_for_checksum = false;
     loop {
-        outcome.attempts += 1;
+        if slot.is_none() {
+            let Some(acquired) = ctx.shutdown.unless_cancelled(ctx.limits.slot(&host)).await else {
+                partial.keep().map_err(partial_error)?;
+                return Err(AttemptError::Cancelled.into());
+            };
+            slot = Some(acquired);
+        }
         let before = state.received;
-        let result = transfer::attempt(&target, &mut state, &mut partial, &progress, &ctx.shutdown).await;
+        let step = match resume_split.take() {
+            Some(done) => Ok(Step::Split(None, done)),
+            None => {
+                outcome.attempts += 1;
+                transfer::attempt(&target, &mut state, &mut partial, &progress, &ctx.shutdown).await.map(
+                    |attempted| match attempted {
+                        Attempted::Complete => Step::Complete,
+                        Attempted::Split(first) => Step::Split(Some(first), Vec::new()),
+                    },
+                )
+            }
+        };
+        let result = match step {
+            Ok(Step::Complete) => Ok(()),
+            Ok(Step::Split(first, done)) => {
+                let split = Split { entry, host: &host, headers: &headers, first, done, slot: slot.take() };
+                match split.run(ctx, &mut state, &mut partial, &progress, outcome).await {
+                    Ok(()) => Ok(()),
+                    Err(AttemptError::BadRange(reason)) => {
+                        // The server cannot be trusted with ranges of this
+                        // file: one plain stream from zero.
+                        progress.unsplit(&reason);
+                        partial.truncate().map_err(partial_error)?;
+                        state = State { hasher: entry.sha256.map(|_| Sha256::new()), ..State::default() };
+                        target.split = None;
+                        continue;
+                    }
+                    Err(error) => {
+                        // Ranges were retried on their own; what is written
+                        // is recorded for the next run unless it is useless.
+                        if error.class() == Class::Permanent && !matches!(error, AttemptError::Cancelled) {
+                            partial.discard().map_err(partial_error)?;
+                        } else {
+                            partial.keep().map_err(partial_error)?;
+                        }
+                        return Err(error.into());
+                    }
+                }
+            }
+            Err(error) => Err(error.into()),
+        };
         outcome.received += state.received - before;
         outcome.http_status = state.http_status.or(outcome.http_status);
         outcome.bytes = state.offset;
-        let error = match result.map_err(DownloadError::from).and_then(|()| verify(entry, &mut state)) {
+        let error = match result.and_then(|()| verify(entry, &mut state)) {
             Ok(()) => break,
             // A digest over bytes spliced from several responses may be wrong
             // only because of a splice: one clean download from zero decides.
@@ -190,6 +254,7 @@ async fn run(entry: &Entry, ctx: &Context, outcome: &mut Outcome) -> Result<Done
                 restarted_for_checksum = true;
                 partial.truncate().map_err(partial_error)?;
                 state = State { hasher: Some(Sha256::new()), ..State::default() };
+                target.split = None;
                 continue;
             }
             Err(error) => error,
@@ -232,7 +297,6 @@ async fn run(entry: &Entry, ctx: &Context, outcome: &mut Outcome) -> Result<Done
                 return Err(AttemptError::Cancelled.into());
             }
         }
-        slot = Some(ctx.limits.slot(&host).await);
     }
     drop(slot);
 
@@ -251,6 +315,75 @@ async fn run(entry: &Entry, ctx: &Context, outcome: &mut Outcome) -> Result<Done
     }
 }
 
+/// Where an attempt left the download.
+enum Step {
+    Complete,
+    /// Continue as a split download: the response streaming from byte 0,
+    /// if any, and the ranges already on disk.
+    Split(Option<reqwest::Response>, Vec<[u64; 2]>),
+}
+
+/// A split download under way: what [`segments::run`] needs beyond the
+/// entry's state.
+struct Split<'a> {
+    entry: &'a Entry,
+    host: &'a str,
+    headers: &'a HeaderMap,
+    /// The response streaming the file from byte 0, if this run has one.
+    first: Option<reqwest::Response>,
+    /// Ranges already on disk (from an earlier run).
+    done: Vec<[u64; 2]>,
+    slot: Option<Slot>,
+}
+
+impl Split<'_> {
+    /// Fetch the missing ranges; on success `state` describes the whole
+    /// file, digest included.
+    async fn run(
+        self,
+        ctx: &Arc<Context>,
+        state: &mut State,
+        partial: &mut Partial,
+        progress: &Arc<TransferProgress>,
+        outcome: &mut Outcome,
+    ) -> Result<(), AttemptError> {
+        let total = state.total.expect("only files of known length are split");
+        let job = segments::Job {
+            url: self.entry.url.clone(),
+            headers: self.headers.clone(),
+            host: self.host.to_owned(),
+            dest: self.entry.dest.clone(),
+            meta: state.meta(&self.entry.url),
+            total,
+            if_range: state.if_range().expect("only files with a validator are split").to_owned(),
+        };
+        let (stats, result) =
+            segments::run(ctx, job, partial, &self.done, self.first, self.slot, progress.clone()).await;
+        outcome.attempts += stats.requests;
+        outcome.received += stats.received;
+        result?;
+        state.http_status = state.http_status.or(Some(206));
+        state.offset = total;
+        state.pieces += stats.requests.max(1);
+        if let Some(hasher) = &mut state.hasher {
+            // Ranges arrive out of order: the digest is taken from the file.
+            *hasher = Sha256::new();
+            tokio::task::block_in_place(|| partial.read_existing(|bytes| hasher.update(bytes)))
+                .map_err(AttemptError::Disk)?;
+        }
+        Ok(())
+    }
+}
+
+/// What an earlier run left in the partial file.
+enum Resume {
+    Fresh,
+    /// A prefix of the file: `state.offset` bytes.
+    Prefix,
+    /// A split download: the file has its full length, these ranges hold bytes.
+    Split(Vec<[u64; 2]>),
+}
+
 /// Trust the bytes of an earlier run only when their meta names the same URL
 /// and a validator the server can confirm with `If-Range`.
 fn resume_or_truncate(
@@ -258,9 +391,9 @@ fn resume_or_truncate(
     ctx: &Context,
     partial: &mut Partial,
     state: &mut State,
-) -> std::io::Result<()> {
+) -> std::io::Result<Resume> {
     if partial.is_empty() {
-        return Ok(());
+        return Ok(Resume::Fresh);
     }
     let meta = partial.meta().filter(|m| {
         ctx.resume
@@ -269,8 +402,20 @@ fn resume_or_truncate(
             && m.total.is_none_or(|t| t >= partial.len())
     });
     let Some(meta) = meta else {
-        return partial.truncate();
+        partial.truncate()?;
+        return Ok(Resume::Fresh);
     };
+    if let Some(done) = meta.done {
+        state.etag = meta.etag;
+        state.last_modified = meta.last_modified;
+        state.total = meta.total;
+        if meta.total != Some(partial.len()) || state.if_range().is_none() {
+            *state = State { hasher: state.hasher.take(), ..State::default() };
+            partial.truncate()?;
+            return Ok(Resume::Fresh);
+        }
+        return Ok(Resume::Split(done));
+    }
     if let Some(hasher) = &mut state.hasher {
         // The digest must cover the bytes already on disk.
         tokio::task::block_in_place(|| partial.read_existing(|bytes| hasher.update(bytes)))?;
@@ -280,7 +425,7 @@ fn resume_or_truncate(
     state.last_modified = meta.last_modified;
     state.total = meta.total;
     state.pieces = 1;
-    Ok(())
+    Ok(Resume::Prefix)
 }
 
 fn verify(entry: &Entry, state: &mut State) -> Result<(), DownloadError> {

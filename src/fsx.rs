@@ -24,10 +24,16 @@ use serde::{Deserialize, Serialize};
 
 const PART_SUFFIX: &str = ".fetch-part";
 const META_SUFFIX: &str = ".fetch-part.meta";
+/// A new meta is written here and renamed over the old one.
+const META_TMP_SUFFIX: &str = ".fetch-part.meta.tmp";
 /// Longest file name most filesystems take (NAME_MAX).
 const NAME_MAX: usize = 255;
 /// Big enough that a 16 KiB file is one write and a large one few syscalls.
 const WRITE_BUFFER: usize = 256 * 1024;
+/// Dirty bytes of one file after which their writeback is started, as
+/// RocksDB's `bytes_per_sync` does: the disk works while the network does,
+/// and the fsync before the rename finds little left to write.
+pub const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// What a partial file's bytes are a prefix of.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,14 +46,18 @@ pub struct Meta {
     pub last_modified: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub total: Option<u64>,
+    /// Present for a split download: the file has its full length and
+    /// only these `[start, end)` ranges hold downloaded bytes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub done: Option<Vec<[u64; 2]>>,
 }
 
 /// The part and meta paths for a destination.
 pub fn part_paths(dest: &Path) -> (PathBuf, PathBuf) {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let base = if name.len() + META_SUFFIX.len() > NAME_MAX {
+    let base = if name.len() + META_TMP_SUFFIX.len() > NAME_MAX {
         // Keep the name recognisable and unique within NAME_MAX.
-        let mut cut = NAME_MAX - META_SUFFIX.len() - 17;
+        let mut cut = NAME_MAX - META_TMP_SUFFIX.len() - 17;
         while !name.is_char_boundary(cut) {
             cut -= 1;
         }
@@ -66,6 +76,11 @@ pub struct Partial {
     meta: PathBuf,
     /// Bytes in the file, including those still in the buffer.
     len: u64,
+    /// Split into ranges: the meta is replaced by rename, and may have left
+    /// its temporary file behind after a crash.
+    split: bool,
+    /// Bytes `0..synced` have been handed to writeback.
+    synced: u64,
 }
 
 #[derive(Debug)]
@@ -104,7 +119,14 @@ impl Partial {
                     let len = ours.len();
                     let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
                     writer.seek(SeekFrom::End(0))?;
-                    return Ok(Opened::Locked(Partial { writer, part, meta, len }));
+                    return Ok(Opened::Locked(Partial {
+                        writer,
+                        part,
+                        meta,
+                        synced: len,
+                        len,
+                        split: false,
+                    }));
                 }
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -142,15 +164,48 @@ impl Partial {
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         self.len = 0;
-        match fs::remove_file(&self.meta) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        self.synced = 0;
+        if std::mem::take(&mut self.split) {
+            remove_if_exists(&meta_tmp(&self.meta))?;
         }
+        remove_if_exists(&self.meta)
+    }
+
+    /// Prepare for a split download: record `meta` (whose `done` names the
+    /// ranges already present), give the file its full length, and return
+    /// a handle for positional writes. The meta is written first, so a
+    /// crash never leaves a full-length file that looks like a prefix.
+    pub fn split(&mut self, meta: &Meta, total: u64) -> io::Result<File> {
+        debug_assert!(meta.done.is_some());
+        self.writer.flush()?;
+        self.split = true;
+        self.save_meta(meta)?;
+        let file = self.writer.get_mut();
+        if self.len != total {
+            file.set_len(total)?;
+            self.len = total;
+        }
+        file.try_clone()
+    }
+
+    /// Replace the meta atomically (write a temporary file, rename it), so
+    /// that a crash leaves the old record or the new one, never a torn one.
+    pub fn save_meta(&self, meta: &Meta) -> io::Result<()> {
+        let mut text = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        text.push(b'\n');
+        let tmp = meta_tmp(&self.meta);
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, &self.meta)
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.writer.write_all(bytes)?;
         self.len += bytes.len() as u64;
+        if self.len - self.synced >= WRITEBACK_EVERY {
+            self.writer.flush()?;
+            start_writeback(self.writer.get_ref(), self.synced, self.len - self.synced);
+            self.synced = self.len;
+        }
         Ok(())
     }
 
@@ -182,8 +237,11 @@ impl Partial {
 
     /// Remove the part file and its meta.
     pub fn discard(self) -> io::Result<()> {
-        let Partial { writer, part, meta, .. } = self;
+        let Partial { writer, part, meta, split, .. } = self;
         drop(writer);
+        if split {
+            remove_if_exists(&meta_tmp(&meta))?;
+        }
         remove_if_exists(&meta)?;
         remove_if_exists(&part)
     }
@@ -192,7 +250,10 @@ impl Partial {
     /// On failure the part file and its meta are removed: a file that
     /// could not be flushed (ENOSPC, EIO) cannot be trusted for resume.
     pub fn commit(self, dest: &Path, overwrite: bool) -> io::Result<Committed> {
-        let Partial { writer, part, meta, .. } = self;
+        let Partial { writer, part, meta, split, .. } = self;
+        if split {
+            remove_if_exists(&meta_tmp(&meta))?;
+        }
         let result = flush_and_place(writer, &part, dest, overwrite);
         let cleanup = match &result {
             Ok(Committed::Renamed) => remove_if_exists(&meta),
@@ -250,6 +311,31 @@ fn sync_dir(path: &Path) -> io::Result<()> {
         _ => Path::new("."),
     };
     File::open(dir)?.sync_all()
+}
+
+/// Ask the kernel to start writing `len` bytes at `offset` of `file` to
+/// disk, without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Only a
+/// hint: errors surface at the fsync that follows, which is what makes the
+/// data durable.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    // SAFETY: the call takes plain integers; the descriptor stays open for
+    // the borrow of `file`, and the kernel checks the range itself.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+fn meta_tmp(meta: &Path) -> PathBuf {
+    let mut name = meta.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
 }
 
 fn remove_if_exists(path: &Path) -> io::Result<()> {

@@ -20,6 +20,7 @@ pub mod progress;
 pub mod redact;
 pub mod report;
 pub mod retry;
+pub mod segments;
 pub mod shard;
 pub mod shutdown;
 pub mod transfer;
@@ -100,6 +101,7 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
     let ctx = Arc::new(Context {
         client,
         limits: Limits::new(config.jobs, config.per_host),
+        split: config.split,
         destinations: Keyed::new(1),
         rules: config.rules,
         headers: config.headers,

@@ -231,6 +231,20 @@ impl TransferProgress {
         }
     }
 
+    /// A large file is fetched as ranges over this many connections.
+    pub fn split(&self, connections: usize) {
+        if self.verbose {
+            self.print(&format!("split       {}: {connections} connections", self.dest));
+        }
+    }
+
+    /// A split download failed in a way only a fresh single stream fixes.
+    pub fn unsplit(&self, reason: &str) {
+        if self.verbose {
+            self.print(&format!("restart     {}: {reason}; downloading as one stream", self.dest));
+        }
+    }
+
     /// The server answered a range request with the whole file.
     pub fn restarted(&self, discarded: u64) {
         if self.verbose {

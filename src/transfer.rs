@@ -10,6 +10,15 @@
 //! - a `416` whose `bytes */N` equals the local length means the partial is
 //!   already complete; any other `416` restarts.
 //!
+//! A fresh download is a plain `GET`. When its `200` shows a large file
+//! (`Content-Length` of at least `--split-size`), a validator and
+//! `Accept-Ranges: bytes` (RFC 9110 §14.3), the response is handed to
+//! [`crate::segments`] still streaming, to become the first of several
+//! ranges: no `HEAD` first, and ordinary files are fetched, logged and
+//! reported exactly as without splitting (a `Range: bytes=0-` probe would
+//! turn every `200` into a `206`). A server that advertises ranges and then
+//! ignores them is caught there and the file restarts as one stream.
+//!
 //! Redirects are followed here rather than by reqwest so that no header the
 //! user gave (`-H`, manifest `headers`: all treated as credentials) is sent to
 //! a different origin than the manifest URL's.
@@ -25,6 +34,7 @@ use crate::fsx::{Meta, Partial};
 use crate::progress::TransferProgress;
 use crate::redact;
 use crate::retry::{self, Class};
+use crate::segments::SplitPolicy;
 use crate::shutdown::Shutdown;
 
 /// A chain of this many redirects succeeds; one more is an error (SPEC).
@@ -51,7 +61,7 @@ pub struct State {
 impl State {
     /// The `If-Range` value: a strong ETag, else Last-Modified (weak ETags
     /// are not allowed there, RFC 9110 §13.1.5).
-    fn if_range(&self) -> Option<&str> {
+    pub fn if_range(&self) -> Option<&str> {
         match &self.etag {
             Some(tag) if !tag.starts_with("W/") => Some(tag),
             _ => self.last_modified.as_deref(),
@@ -72,8 +82,26 @@ impl State {
             etag: self.etag.clone(),
             last_modified: self.last_modified.clone(),
             total: self.total,
+            done: None,
         }
     }
+
+    /// Whether what the server told us allows fetching ranges of one
+    /// version of the file: a known length and a validator for `If-Range`.
+    fn splittable(&self, policy: Option<SplitPolicy>) -> bool {
+        policy.is_some_and(|p| self.total.is_some_and(|t| t >= p.min_size)) && self.if_range().is_some()
+    }
+}
+
+/// How an attempt ended well.
+#[derive(Debug)]
+pub enum Attempted {
+    /// Every byte is in the partial file.
+    Complete,
+    /// The file is large and the server takes ranges: this first response
+    /// (a `200`, nothing read of its body yet) is to be continued as a
+    /// split download.
+    Split(Response),
 }
 
 /// Why an attempt failed.
@@ -139,21 +167,34 @@ pub struct Target<'a> {
     pub headers: &'a HeaderMap,
     /// The manifest's `size`, checked against the server's length.
     pub size: Option<u64>,
+    /// Split large files; `None` when splitting is off or this file is known
+    /// to be too small.
+    pub split: Option<SplitPolicy>,
 }
 
-/// Run one attempt. On success every byte of the file is on disk (or in the
-/// partial's buffer) and `state.offset` is its length.
+/// A `Range` request header and its `If-Range`.
+#[derive(Debug, Clone, Copy)]
+struct RangeRequest<'a> {
+    start: u64,
+    /// Inclusive; `None` asks for the rest of the file.
+    end: Option<u64>,
+    if_range: Option<&'a str>,
+}
+
+/// Run one attempt. On [`Attempted::Complete`] every byte of the file is on
+/// disk (or in the partial's buffer) and `state.offset` is its length.
 pub async fn attempt(
     target: &Target<'_>,
     state: &mut State,
     partial: &mut Partial,
     progress: &TransferProgress,
     shutdown: &Shutdown,
-) -> Result<(), AttemptError> {
+) -> Result<Attempted, AttemptError> {
     let disk = AttemptError::Disk;
     let ranged = state.offset > 0;
+    let range = RangeRequest { start: state.offset, end: None, if_range: state.if_range() };
     let response = tokio::select! {
-        r = send(target, ranged.then(|| (state.offset, state.if_range()))) => r?,
+        r = send(target, ranged.then_some(range)) => r?,
         () = shutdown.cancelled() => return Err(AttemptError::Cancelled),
     };
     let status = response.status();
@@ -169,6 +210,11 @@ pub async fn attempt(
             state.total = response.content_length();
             check_size(target, state.total)?;
             partial.restart(&state.meta(target.url)).map_err(disk)?;
+            let ranges = response.headers().get(header::ACCEPT_RANGES).is_some_and(|v| v == "bytes");
+            if ranges && state.splittable(target.split) {
+                state.pieces += 1;
+                return Ok(Attempted::Split(response));
+            }
         }
         StatusCode::PARTIAL_CONTENT if ranged => {
             let range = header_str(response.headers(), header::CONTENT_RANGE);
@@ -193,7 +239,7 @@ pub async fn attempt(
             if total == Some(state.offset) && state.total.is_none_or(|t| t == state.offset) {
                 // The partial already holds the whole file.
                 state.total = total;
-                return Ok(());
+                return Ok(Attempted::Complete);
             }
             state.reset();
             partial.truncate().map_err(disk)?;
@@ -208,7 +254,45 @@ pub async fn attempt(
         }
     }
     state.pieces += 1;
-    stream_body(response, state, partial, progress, shutdown).await
+    stream_body(response, state, partial, progress, shutdown).await.map(|()| Attempted::Complete)
+}
+
+/// Ask for bytes `start..=end` of the version of the file that `if_range`
+/// names, as one range of a split download. Only a `206` for exactly that
+/// start, of a file of length `total` (and the same ETag, when the server
+/// sends one) is usable; a `200` or `416` means the server ignored the
+/// range or the file changed, reported as [`AttemptError::BadRange`].
+pub async fn fetch_range(
+    target: &Target<'_>,
+    start: u64,
+    end: u64,
+    if_range: &str,
+    etag: Option<&str>,
+    total: u64,
+) -> Result<Response, AttemptError> {
+    let request = RangeRequest { start, end: Some(end), if_range: Some(if_range) };
+    let response = send(target, Some(request)).await?;
+    let status = response.status();
+    match status {
+        StatusCode::PARTIAL_CONTENT => {
+            let range = header_str(response.headers(), header::CONTENT_RANGE);
+            let parsed = range.as_deref().and_then(parse_content_range);
+            let tag = header_str(response.headers(), header::ETAG);
+            let fits = matches!(parsed, Some((s, _, Some(t))) if s == start && t == total);
+            if !fits || (tag.is_some() && etag.is_some() && tag.as_deref() != etag) {
+                return Err(AttemptError::BadRange(range.unwrap_or_else(|| "no Content-Range".into())));
+            }
+            Ok(response)
+        }
+        StatusCode::OK => Err(AttemptError::BadRange("200: the whole file, the range was ignored".into())),
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            Err(AttemptError::BadRange("416: the file is shorter now".into()))
+        }
+        _ => {
+            let retry_after = retry::retry_after(response.headers(), SystemTime::now());
+            Err(AttemptError::Status { status, retry_after })
+        }
+    }
 }
 
 async fn stream_body(
@@ -255,7 +339,7 @@ fn check_size(target: &Target<'_>, total: Option<u64>) -> Result<(), AttemptErro
 }
 
 /// Send a GET, following up to [`MAX_REDIRECTS`] redirects by hand.
-async fn send(target: &Target<'_>, range: Option<(u64, Option<&str>)>) -> Result<Response, AttemptError> {
+async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Response, AttemptError> {
     let origin = target.url.origin();
     let mut url = target.url.clone();
     for hop in 0..=MAX_REDIRECTS {
@@ -268,8 +352,12 @@ async fn send(target: &Target<'_>, range: Option<(u64, Option<&str>)>) -> Result
                 request = request.basic_auth(target.url.username(), target.url.password());
             }
         }
-        if let Some((offset, if_range)) = range {
-            request = request.header(header::RANGE, format!("bytes={offset}-"));
+        if let Some(RangeRequest { start, end, if_range }) = range {
+            let value = match end {
+                Some(end) => format!("bytes={start}-{end}"),
+                None => format!("bytes={start}-"),
+            };
+            request = request.header(header::RANGE, value);
             if let Some(validator) = if_range.and_then(|v| HeaderValue::from_str(v).ok()) {
                 request = request.header(header::IF_RANGE, validator);
             }

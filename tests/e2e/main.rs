@@ -5,6 +5,7 @@ mod core;
 mod output;
 mod resilience;
 mod server;
+mod split;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -80,11 +80,20 @@ pub struct Logged {
     pub path: String,
     pub headers: HeaderMap,
     pub status: u16,
+    /// The body was to be cut after this many bytes.
+    pub cut: Option<usize>,
+    /// The body was to stall.
+    pub stalled: bool,
 }
 
 impl Logged {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `Range` asked for: first byte and last, if any.
+    pub fn range(&self) -> Option<(u64, Option<u64>)> {
+        parse_range(self.header("range")?)
     }
 }
 
@@ -259,16 +268,25 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
             }
         }
     };
+    let (mut logged_cut, mut stalled) = (None, false);
     let (response, status) = match route {
         None => plain(StatusCode::NOT_FOUND, "not found"),
         Some((route, status, cut, stall)) => {
+            logged_cut = cut;
+            stalled = stall.is_some();
             if !route.delay.is_zero() {
                 tokio::time::sleep(route.delay).await;
             }
             respond(&state, &route, req.headers(), Faults { status, cut, stall }, guard)
         }
     };
-    state.log.lock().unwrap().push(Logged { path, headers: req.headers().clone(), status });
+    state.log.lock().unwrap().push(Logged {
+        path,
+        headers: req.headers().clone(),
+        status,
+        cut: logged_cut,
+        stalled,
+    });
     Ok(response)
 }
 
@@ -319,7 +337,8 @@ fn respond(
         None => true,
         Some(v) => Some(v) == route.etag.as_deref() || Some(v) == route.last_modified.as_deref(),
     };
-    if let Some(from) = range.filter(|_| !route.ignore_range && if_range_ok) {
+    let mut end = len;
+    if let Some((from, to)) = range.filter(|_| !route.ignore_range && if_range_ok) {
         if from >= len {
             let (mut response, _) = plain(StatusCode::RANGE_NOT_SATISFIABLE, "");
             response
@@ -328,9 +347,10 @@ fn respond(
             return (response, 416);
         }
         start = from;
+        end = to.map_or(len, |to| (to + 1).min(len));
         status = StatusCode::PARTIAL_CONTENT;
     }
-    let body_bytes = route.body.slice(start as usize..);
+    let body_bytes = route.body.slice(start as usize..end as usize);
     let mut body = FaultBody::new(body_bytes, Some((state.clone(), guard)));
     body.cut_at = faults.cut;
     body.stall = faults.stall;
@@ -349,13 +369,13 @@ fn respond(
         h.insert("last-modified", HeaderValue::from_str(lm).unwrap());
     }
     if !route.chunked {
-        let claimed = route.content_length.unwrap_or(len) - start;
+        let claimed = route.content_length.unwrap_or(len) - start - (len - end);
         h.insert("content-length", HeaderValue::from(claimed));
     }
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(
             "content-range",
-            HeaderValue::from_str(&format!("bytes {start}-{}/{len}", len - 1)).unwrap(),
+            HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)).unwrap(),
         );
     }
     for (name, value) in &route.headers {
@@ -367,9 +387,14 @@ fn respond(
     (response, status.as_u16())
 }
 
-/// `bytes=N-` or `bytes=N-M` (the end is ignored: we always send to the end).
-fn parse_range(value: &str) -> Option<u64> {
-    value.strip_prefix("bytes=")?.split('-').next()?.trim().parse().ok()
+/// `bytes=N-` or `bytes=N-M`: the first byte and the last, if given.
+pub fn parse_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let (from, to) = value.strip_prefix("bytes=")?.split_once('-')?;
+    let to = match to.trim() {
+        "" => None,
+        to => Some(to.parse().ok()?),
+    };
+    Some((from.trim().parse().ok()?, to))
 }
 
 /// Counts a request as in flight until its response body is done.

@@ -1,0 +1,568 @@
+//! Split downloads: one large file over several connections at once.
+//!
+//! Object stores and CDNs cap each connection's bandwidth, so a large file
+//! is cut into ranges, each fetched by its own `Range` request (with
+//! `If-Range`, so every range belongs to one version of the file) and
+//! written at its offset in the part file, which has its full length from
+//! the start.
+//!
+//! - The first range continues the response that revealed the file's size
+//!   ([`crate::transfer::Attempted::Split`]); the others wait for permits
+//!   from the same `--jobs`/`--per-host` semaphores as whole downloads.
+//! - A worker whose range is done takes the next unclaimed one, else half of
+//!   the largest range still in flight (work stealing), so one slow
+//!   connection does not hold the file back at the end.
+//! - Each range retries on its own, from its own offset, with the run's
+//!   backoff; a range that moved forward resets its retry budget.
+//! - The ranges written so far are recorded in the part file's meta every
+//!   second and when the run stops, so the next run (after Ctrl-C or
+//!   `kill -9`) fetches only what is missing.
+//! - A server that ignores a range or whose validator changes fails the
+//!   split with [`AttemptError::BadRange`]: the caller restarts the file as
+//!   one plain stream.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use reqwest::{Response, Url};
+use tokio::task::JoinSet;
+
+use crate::download::Context;
+use crate::fsx::{Meta, Partial, WRITEBACK_EVERY};
+use crate::pool::Slot;
+use crate::progress::TransferProgress;
+use crate::retry::Class;
+use crate::transfer::{self, AttemptError, Target};
+
+/// Never split off a piece smaller than this: each costs a request.
+const MIN_PIECE: u64 = 1 << 20;
+/// How often the written ranges are recorded while the download runs.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How often a file on one connection is judged for splitting.
+const JUDGE_EVERY: Duration = Duration::from_millis(100);
+/// Split a file whose rest would take longer than this on one connection
+/// at its rate so far. On a fast link (or loopback) more connections only
+/// cost requests and CPU; on a capped one they multiply the rate.
+const SPLIT_WORTH: Duration = Duration::from_secs(2);
+/// Bytes a worker gathers before one positional write.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// When and how widely to split (`--split-size`,
+/// `--max-connections-per-file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitPolicy {
+    pub min_size: u64,
+    pub connections: usize,
+}
+
+/// One range of the file: `start..end`, of which `start..written` is on
+/// disk and `written..next` is in its worker's buffer. A stealer lowers
+/// `end`, never below `next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    start: u64,
+    written: u64,
+    /// `start..synced` has been handed to writeback.
+    synced: u64,
+    next: u64,
+    end: u64,
+    claimed: bool,
+}
+
+impl Piece {
+    fn fresh(start: u64, end: u64) -> Piece {
+        Piece { start, written: start, synced: start, next: start, end, claimed: false }
+    }
+
+    fn left(&self) -> u64 {
+        self.end - self.next
+    }
+}
+
+/// The pieces of one file and who works on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pieces: Vec<Piece>,
+}
+
+impl Table {
+    /// The parts of `0..total` not in `done`, cut into at least
+    /// `connections` pieces where they are large enough.
+    pub fn new(total: u64, done: &[[u64; 2]], connections: usize) -> Table {
+        let done = merge(done.iter().map(|&[s, e]| [s.min(total), e.min(total)]).collect());
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut at = 0;
+        for &[start, end] in &done {
+            if start > at {
+                pieces.push(Piece::fresh(at, start));
+            }
+            pieces.push(Piece { start, written: end, synced: end, next: end, end, claimed: false });
+            at = end;
+        }
+        if at < total {
+            pieces.push(Piece::fresh(at, total));
+        }
+        // Halve the largest missing piece until there is one per connection.
+        while pieces.iter().filter(|p| p.left() > 0).count() < connections {
+            let Some(i) = (0..pieces.len()).max_by_key(|&i| pieces[i].left()) else { break };
+            let piece = pieces[i];
+            if piece.left() < 2 * MIN_PIECE {
+                break;
+            }
+            let mid = piece.next + piece.left() / 2;
+            pieces[i].end = mid;
+            pieces.insert(i + 1, Piece::fresh(mid, piece.end));
+        }
+        Table { pieces }
+    }
+
+    /// A piece for a worker: the first one nobody has, else the second half
+    /// of the largest one in flight. `None` when nothing is left to share.
+    fn claim(&mut self) -> Option<usize> {
+        if let Some(i) = self.pieces.iter().position(|p| !p.claimed && p.left() > 0) {
+            self.pieces[i].claimed = true;
+            return Some(i);
+        }
+        let i = (0..self.pieces.len()).max_by_key(|&i| self.pieces[i].left())?;
+        let victim = self.pieces[i];
+        if victim.left() < 2 * MIN_PIECE {
+            return None;
+        }
+        // Page-aligned, so both halves write whole pages.
+        let mid = (victim.next + victim.left() / 2) & !4095;
+        self.pieces[i].end = mid;
+        self.pieces.push(Piece { claimed: true, ..Piece::fresh(mid, victim.end) });
+        Some(self.pieces.len() - 1)
+    }
+
+    /// Take up to `len` more bytes for piece `i`; says how many, and
+    /// whether the piece is then complete.
+    fn take(&mut self, i: usize, len: u64) -> (u64, bool) {
+        let piece = &mut self.pieces[i];
+        let take = len.min(piece.left());
+        piece.next += take;
+        (take, piece.left() == 0)
+    }
+
+    /// The `[start, end)` ranges on disk, merged.
+    pub fn done(&self) -> Vec<[u64; 2]> {
+        merge(self.pieces.iter().filter(|p| p.written > p.start).map(|p| [p.start, p.written]).collect())
+    }
+
+    pub fn done_bytes(&self) -> u64 {
+        self.pieces.iter().map(|p| p.written - p.start).sum()
+    }
+
+    pub fn complete(&self) -> bool {
+        self.pieces.iter().all(|p| p.written == p.end)
+    }
+
+    fn open(&self) -> usize {
+        self.pieces.iter().filter(|p| p.left() > 0).count()
+    }
+}
+
+fn merge(mut ranges: Vec<[u64; 2]>) -> Vec<[u64; 2]> {
+    ranges.retain(|r| r[1] > r[0]);
+    ranges.sort_unstable();
+    let mut out: Vec<[u64; 2]> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r[0] <= last[1] => last[1] = last[1].max(r[1]),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// The file being split, as its workers see it.
+#[derive(Debug)]
+pub struct Job {
+    pub url: Url,
+    pub headers: HeaderMap,
+    /// The `--per-host` key.
+    pub host: String,
+    pub dest: PathBuf,
+    /// What every range must belong to: the length and validators of the
+    /// first response (or of the meta of an earlier run).
+    pub meta: Meta,
+    pub total: u64,
+    pub if_range: String,
+}
+
+/// What a split download did, for the outcome.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: u32,
+    pub received: u64,
+}
+
+/// State shared by the workers of one file.
+#[derive(Debug)]
+struct Shared {
+    ctx: Arc<Context>,
+    job: Job,
+    file: File,
+    table: Mutex<Table>,
+    progress: Arc<TransferProgress>,
+    requests: AtomicU32,
+    received: AtomicU64,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().expect("piece table poisoned")
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            client: &self.ctx.client,
+            url: &self.job.url,
+            headers: &self.job.headers,
+            size: None,
+            split: None,
+        }
+    }
+}
+
+/// Download the missing ranges of `job` into `partial` (whose bytes in
+/// `done` are kept). `first` is the response that is still streaming the
+/// file from byte 0; `slot` is the one the caller holds. On success the
+/// whole file is in `partial`; on failure its written ranges are recorded
+/// for the next run.
+pub async fn run(
+    ctx: &Arc<Context>,
+    job: Job,
+    partial: &mut Partial,
+    done: &[[u64; 2]],
+    first: Option<Response>,
+    slot: Option<Slot>,
+    progress: Arc<TransferProgress>,
+) -> (Stats, Result<(), AttemptError>) {
+    let connections = ctx.split.map_or(1, |p| p.connections).max(1);
+    // With a first response the file starts as one piece, and the others
+    // join (stealing from it) only if it proves slow; a resumed file starts
+    // with a piece per connection.
+    let adaptive = first.is_some();
+    let mut table = Table::new(job.total, done, if adaptive { 1 } else { connections });
+    // The response streaming from byte 0 can only fill the piece at 0.
+    let first = first.map(|response| {
+        debug_assert!(table.pieces[0].start == 0 && !table.pieces[0].claimed);
+        table.pieces[0].claimed = true;
+        (0, response)
+    });
+    let mut meta = Meta { done: Some(table.done()), ..job.meta.clone() };
+    let file = match partial.split(&meta, job.total) {
+        Ok(file) => file,
+        Err(e) => return (Stats::default(), Err(AttemptError::Disk(e))),
+    };
+    progress.begin(table.done_bytes(), Some(job.total));
+    let left_at_start = job.total - table.done_bytes();
+    let shared = Arc::new(Shared {
+        ctx: ctx.clone(),
+        job,
+        file,
+        table: Mutex::new(table),
+        progress,
+        requests: AtomicU32::new(0),
+        received: AtomicU64::new(0),
+    });
+
+    let mut workers = JoinSet::new();
+    workers.spawn(worker(shared.clone(), slot, first));
+    let spawn_helpers = |workers: &mut JoinSet<_>| {
+        // A resumed file needs no more workers than missing pieces; a
+        // fresh one's helpers each steal half of the largest piece.
+        let open = if adaptive { connections } else { shared.table().open() };
+        let helpers = open.clamp(1, connections) - 1;
+        shared.progress.split(helpers + 1);
+        for _ in 0..helpers {
+            workers.spawn(worker(shared.clone(), None, None));
+        }
+    };
+    let started = Instant::now();
+    let mut split = !adaptive;
+    if split {
+        spawn_helpers(&mut workers);
+    }
+
+    let mut failure: Option<AttemptError> = None;
+    let mut save = tokio::time::interval(SAVE_EVERY);
+    save.tick().await;
+    let mut judge = tokio::time::interval(JUDGE_EVERY);
+    judge.tick().await;
+    loop {
+        tokio::select! {
+            _ = judge.tick(), if !split && failure.is_none() => {
+                let got = shared.received.load(Ordering::Relaxed);
+                let rate = got as f64 / started.elapsed().as_secs_f64();
+                if left_at_start.saturating_sub(got) as f64 > rate * SPLIT_WORTH.as_secs_f64() {
+                    split = true;
+                    spawn_helpers(&mut workers);
+                }
+            }
+            joined = workers.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {
+                    if shared.table().complete() {
+                        // Those still waiting for a slot have nothing to do.
+                        workers.abort_all();
+                    }
+                }
+                Some(Ok(Err(error))) => {
+                    // On Ctrl-C every worker stops by itself, writing what it
+                    // holds; any other failure ends the others at once.
+                    if !matches!(error, AttemptError::Cancelled) {
+                        workers.abort_all();
+                    }
+                    failure.get_or_insert(error);
+                }
+                Some(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Some(Err(_aborted)) => {}
+            },
+            _ = save.tick(), if failure.is_none() => {
+                meta.done = Some(shared.table().done());
+                if let Err(e) = partial.save_meta(&meta) {
+                    workers.abort_all();
+                    failure = Some(AttemptError::Disk(e));
+                }
+            }
+        }
+    }
+
+    let stats = Stats {
+        requests: shared.requests.load(Ordering::Relaxed),
+        received: shared.received.load(Ordering::Relaxed),
+    };
+    let table = shared.table().clone();
+    let result = match failure {
+        None if table.complete() => Ok(()),
+        None => Err(AttemptError::Disk(std::io::Error::other("split download ended with ranges missing"))),
+        Some(error) => {
+            meta.done = Some(table.done());
+            // A range that failed to verify changes nothing: the caller
+            // restarts. Otherwise the record is what the next run resumes.
+            let saved = match error {
+                AttemptError::BadRange(_) => Ok(()),
+                _ => partial.save_meta(&meta),
+            };
+            saved.map_err(AttemptError::Disk).and(Err(error))
+        }
+    };
+    (stats, result)
+}
+
+/// Fetch pieces until none is left to share. `slot` and `first` (a piece
+/// already claimed, and the response to fill it from) are the first
+/// worker's; the others wait for a slot of their own.
+async fn worker(
+    shared: Arc<Shared>,
+    slot: Option<Slot>,
+    first: Option<(usize, Response)>,
+) -> Result<(), AttemptError> {
+    let mut slot = slot;
+    let mut buffer = Vec::with_capacity(WRITE_BUFFER);
+    if let Some((i, response)) = first {
+        fetch_piece(&shared, i, &mut slot, Some(response), &mut buffer).await?;
+        shared.table().pieces[i].claimed = false;
+    }
+    if slot.is_none() {
+        let ctx = &shared.ctx;
+        let acquired = ctx.shutdown.unless_cancelled(ctx.limits.slot(&shared.job.host)).await;
+        slot = Some(acquired.ok_or(AttemptError::Cancelled)?);
+    }
+    loop {
+        let Some(i) = shared.table().claim() else { return Ok(()) };
+        fetch_piece(&shared, i, &mut slot, None, &mut buffer).await?;
+        shared.table().pieces[i].claimed = false;
+    }
+}
+
+/// Fetch piece `i` to its (possibly lowered) end, retrying on its own.
+async fn fetch_piece(
+    shared: &Shared,
+    i: usize,
+    slot: &mut Option<Slot>,
+    mut first: Option<Response>,
+    buffer: &mut Vec<u8>,
+) -> Result<(), AttemptError> {
+    let ctx = &shared.ctx;
+    let mut schedule = ctx.retry.schedule();
+    let mut failures = 0;
+    loop {
+        let (start, end) = {
+            let table = shared.table();
+            (table.pieces[i].next, table.pieces[i].end)
+        };
+        if start >= end {
+            return Ok(());
+        }
+        let response = match first.take() {
+            Some(response) => Ok(response),
+            None => request(shared, slot, start, end - 1).await,
+        };
+        let result = match response {
+            Ok(response) => stream(shared, i, response, buffer).await,
+            Err(e) => Err(e),
+        };
+        flush(shared, i, buffer).map_err(AttemptError::Disk)?;
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(error @ (AttemptError::Cancelled | AttemptError::BadRange(_))) => return Err(error),
+            Err(error) => error,
+        };
+        if shared.table().pieces[i].next > start {
+            failures = 0;
+            schedule = ctx.retry.schedule();
+        }
+        if error.class() == Class::Permanent || failures >= ctx.retry.retries {
+            return Err(error);
+        }
+        failures += 1;
+        let wait = schedule.next_delay(error.retry_after());
+        let attempt = shared.requests.load(Ordering::Relaxed);
+        ctx.reporter.retrying(&shared.job.dest, attempt, &error, wait);
+        // Waiting does not occupy a connection slot.
+        drop(slot.take());
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = ctx.shutdown.cancelled() => return Err(AttemptError::Cancelled),
+        }
+    }
+}
+
+async fn request(
+    shared: &Shared,
+    slot: &mut Option<Slot>,
+    start: u64,
+    end: u64,
+) -> Result<Response, AttemptError> {
+    let ctx = &shared.ctx;
+    if slot.is_none() {
+        let acquired = ctx.shutdown.unless_cancelled(ctx.limits.slot(&shared.job.host)).await;
+        *slot = Some(acquired.ok_or(AttemptError::Cancelled)?);
+    }
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let job = &shared.job;
+    let target = shared.target();
+    let fetch =
+        transfer::fetch_range(&target, start, end, &job.if_range, job.meta.etag.as_deref(), job.total);
+    tokio::select! {
+        r = fetch => r,
+        () = ctx.shutdown.cancelled() => Err(AttemptError::Cancelled),
+    }
+}
+
+/// Stream a response into piece `i` until the piece ends (its end may be
+/// lowered by a stealer meanwhile) or the body does.
+async fn stream(
+    shared: &Shared,
+    i: usize,
+    mut response: Response,
+    buffer: &mut Vec<u8>,
+) -> Result<(), AttemptError> {
+    loop {
+        let chunk = tokio::select! {
+            chunk = response.chunk() => chunk.map_err(AttemptError::Http)?,
+            () = shared.ctx.shutdown.cancelled() => return Err(AttemptError::Cancelled),
+        };
+        let Some(chunk) = chunk else { break };
+        shared.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let (take, complete) = shared.table().take(i, chunk.len() as u64);
+        buffer.extend_from_slice(&chunk[..take as usize]);
+        shared.progress.advance(take);
+        if complete {
+            return Ok(());
+        }
+        if buffer.len() >= WRITE_BUFFER {
+            flush(shared, i, buffer).map_err(AttemptError::Disk)?;
+        }
+    }
+    let table = shared.table();
+    let piece = &table.pieces[i];
+    Err(AttemptError::Truncated { got: piece.next - piece.start, expected: piece.end - piece.start })
+}
+
+/// Write the buffered bytes of piece `i` at their offset.
+fn flush(shared: &Shared, i: usize, buffer: &mut Vec<u8>) -> std::io::Result<()> {
+    if buffer.is_empty() {
+        return Ok(());
+    }
+    let at = shared.table().pieces[i].written;
+    let result = shared.file.write_all_at(buffer, at);
+    let writeback = {
+        let mut table = shared.table();
+        let piece = &mut table.pieces[i];
+        match result {
+            Ok(()) => piece.written += buffer.len() as u64,
+            // The buffered bytes are lost: fetch them again.
+            Err(_) => piece.next = piece.written,
+        }
+        let dirty = piece.synced..piece.written;
+        if dirty.end - dirty.start >= WRITEBACK_EVERY {
+            piece.synced = dirty.end;
+        }
+        dirty
+    };
+    buffer.clear();
+    if writeback.end - writeback.start >= WRITEBACK_EVERY {
+        crate::fsx::start_writeback(&shared.file, writeback.start, writeback.end - writeback.start);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = MIN_PIECE;
+
+    #[test]
+    fn a_fresh_file_is_cut_into_one_piece_per_connection() {
+        let t = Table::new(64 * M, &[], 8);
+        let ranges: Vec<_> = t.pieces.iter().map(|p| (p.start, p.end)).collect();
+        assert_eq!(ranges.len(), 8);
+        assert!(ranges.iter().all(|&(s, e)| e - s == 8 * M), "{ranges:?}");
+        assert_eq!(ranges[0].0, 0);
+        assert_eq!(ranges[7].1, 64 * M);
+        // Too small to split further than pieces of MIN_PIECE.
+        assert_eq!(Table::new(3 * M, &[], 8).pieces.len(), 2);
+        assert_eq!(Table::new(100, &[], 8).pieces.len(), 1);
+    }
+
+    #[test]
+    fn only_missing_ranges_become_pieces() {
+        let done = [[0, 10 * M], [30 * M, 40 * M], [35 * M, 50 * M]];
+        let t = Table::new(64 * M, &done, 2);
+        assert_eq!(t.done(), vec![[0, 10 * M], [30 * M, 50 * M]]);
+        assert_eq!(t.done_bytes(), 30 * M);
+        let missing: Vec<_> = t.pieces.iter().filter(|p| p.left() > 0).map(|p| [p.next, p.end]).collect();
+        assert_eq!(missing, vec![[10 * M, 30 * M], [50 * M, 64 * M]]);
+        assert!(!t.complete());
+        assert!(Table::new(64 * M, &[[0, 64 * M]], 8).complete());
+    }
+
+    #[test]
+    fn an_idle_worker_steals_half_of_the_largest_range_in_flight() {
+        let mut t = Table::new(16 * M, &[], 2);
+        let a = t.claim().unwrap();
+        let b = t.claim().unwrap();
+        assert_eq!(t.take(a, 8 * M), (8 * M, true));
+        t.pieces[a].written = 8 * M;
+        t.pieces[a].claimed = false;
+        t.take(b, 2 * M);
+        // b has 6 MiB left of 10..16: the thief takes 13..16, b keeps 10..13.
+        let c = t.claim().unwrap();
+        assert_eq!((t.pieces[c].start, t.pieces[c].end), (13 * M, 16 * M));
+        assert_eq!(t.pieces[b].end, 13 * M);
+        assert_eq!(t.take(b, 10 * M), (3 * M, true), "a victim stops at its new end");
+        // Nothing left worth stealing from a piece with under 2 MiB to go.
+        t.take(c, 2 * M);
+        assert_eq!(t.claim(), None);
+    }
+}

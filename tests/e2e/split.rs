@@ -1,0 +1,265 @@
+//! Split downloads: a large file over several connections, each range
+//! retried on its own, resumed across runs from the recorded ranges, and a
+//! clean single-stream restart when the server cannot be trusted with ranges.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::core::sha256_hex;
+use crate::server::Logged;
+use crate::{Route, Server, content, fetch, fetch_std, files, run, wait_until, write};
+
+const MIB: usize = 1 << 20;
+const FAST: [&str; 4] = ["--retry-delay", "10ms", "--retry-max-delay", "50ms"];
+
+/// About 3 MiB/s per connection: slow enough that a file of 16 MiB is
+/// worth splitting (over 2 s on one connection).
+fn throttled(body: &[u8]) -> Route {
+    Route { throttle: Some((64 * 1024, Duration::from_millis(20))), ..Route::new(body.to_vec()) }
+}
+
+/// The `(first, last)` byte of every request that asked for a range.
+fn ranges(log: &[Logged]) -> Vec<(u64, u64)> {
+    log.iter()
+        .filter_map(Logged::range)
+        .map(|(start, end)| (start, end.expect("ranges of a split file have an end")))
+        .collect()
+}
+
+#[test]
+fn a_large_file_is_fetched_over_several_connections_at_once() {
+    let server = Server::start();
+    let body = content(21, 64 * MIB);
+    // About 12.5 MiB/s per connection: 5 s on one.
+    server
+        .route("/big", Route { throttle: Some((256 * 1024, Duration::from_millis(20))), ..throttled(&body) });
+    let tmp = tempfile::tempdir().unwrap();
+    let line = format!(
+        "{{\"url\": \"{}\", \"path\": \"big\", \"sha256\": \"{}\"}}",
+        server.url("/big"),
+        sha256_hex(&body)
+    );
+    write(tmp.path(), "m.txt", &line);
+    let out = run(fetch(tmp.path()).args(["-v", "--report", "r.jsonl", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("big")).unwrap() == body, "bytes differ");
+    assert!(out.stderr.contains("split       big: 16 connections"), "{}", out.stderr);
+
+    let log = server.requests_to("/big");
+    assert_eq!((log[0].range(), log[0].status), (None, 200), "a plain GET decides");
+    let etag = Route::new(body.clone()).etag.unwrap();
+    assert!(log[1..].iter().all(|l| l.status == 206 && l.header("if-range") == Some(etag.as_str())));
+    let ranges = ranges(&log[1..]);
+    assert!(ranges.len() >= 7, "{ranges:?}");
+    assert!(server.max_in_flight() >= 6, "only {} requests at once", server.max_in_flight());
+    let sent = server.body_bytes();
+    assert!(sent < body.len() + 2 * MIB, "{sent} bytes sent for a {} byte file", body.len());
+
+    let report: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(tmp.path().join("r.jsonl")).unwrap().lines().next().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["bytes"], body.len());
+    assert_eq!(report["attempts"], log.len());
+    assert_eq!(files(tmp.path()), ["big", "m.txt", "r.jsonl"]);
+}
+
+#[test]
+fn pieces_from_a_fast_server_land_at_their_offsets() {
+    // A fast server is not worth splitting for, except to finish a split
+    // an earlier run began: then every connection starts at once and the
+    // unthrottled ranges race each other. Here nothing was done yet.
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let bodies: Vec<_> = (0..3).map(|i| content(30 + i, 12 * MIB + 12345 * i as usize)).collect();
+    let mut manifest = String::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let route = Route::new(body.clone());
+        let url = server.url(&format!("/f{i}"));
+        let meta = serde_json::json!({"url": url, "etag": route.etag, "total": body.len(), "done": []});
+        std::fs::write(tmp.path().join(format!("f{i}.fetch-part.meta")), meta.to_string()).unwrap();
+        let part = std::fs::File::create(tmp.path().join(format!("f{i}.fetch-part"))).unwrap();
+        part.set_len(body.len() as u64).unwrap();
+        server.route(&format!("/f{i}"), route);
+        manifest +=
+            &format!("{{\"url\": \"{url}\", \"path\": \"f{i}\", \"sha256\": \"{}\"}}\n", sha256_hex(body));
+    }
+    write(tmp.path(), "m.txt", &manifest);
+    let out = run(fetch(tmp.path()).args(["--split-size", "4M", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for (i, body) in bodies.iter().enumerate() {
+        assert!(std::fs::read(tmp.path().join(format!("f{i}"))).unwrap() == *body, "f{i} differs");
+        let asked = ranges(&server.requests_to(&format!("/f{i}")));
+        assert!(asked.len() >= 6, "f{i} was not split: {asked:?}");
+    }
+    assert_eq!(files(tmp.path()), ["f0", "f1", "f2", "m.txt"]);
+}
+
+#[test]
+fn a_fault_in_one_range_is_retried_in_that_range_alone() {
+    let server = Server::start();
+    let body = content(22, 16 * MIB);
+    // The first response (the plain GET) is good; then one range gets a
+    // 503 and the next is cut 1 MiB into its body.
+    let faulty = Route { statuses: [(503, None)].into(), cuts: [MIB].into(), ..throttled(&body) };
+    server.route("/big", Route { then: Some(Box::new(faulty)), ..throttled(&body) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} big", server.url("/big")));
+    let out = run(fetch(tmp.path()).args(FAST).args([
+        "-v",
+        "--split-size",
+        "1M",
+        "--max-connections-per-file",
+        "4",
+        "m.txt",
+    ]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("big")).unwrap() == body, "bytes differ");
+
+    let log = server.requests_to("/big");
+    assert!(log.iter().any(|l| l.status == 503), "{log:?}");
+    let (cut_start, _) = log.iter().find(|l| l.cut.is_some()).and_then(Logged::range).unwrap();
+    let resumed_at = cut_start + MIB as u64;
+    assert!(
+        log.iter().any(|l| l.range().is_some_and(|(start, _)| start == resumed_at)),
+        "no request resumed the cut range at its cut, {resumed_at}: {log:?}"
+    );
+    // Pieces given up to a thief end their responses early, so a little
+    // more than the file is sent; restarting a range would send far more.
+    let sent = server.body_bytes();
+    assert!(sent < body.len() + 2 * MIB, "{sent} bytes sent for {}", body.len());
+    assert!(out.stderr.contains("retry       big"), "{}", out.stderr);
+    assert!(out.stderr.contains("16.0 MiB in"), "received bytes are counted once: {}", out.stderr);
+}
+
+#[test]
+fn after_kill_9_a_split_download_fetches_only_the_missing_ranges() {
+    let server = Server::start();
+    let body = content(23, 32 * MIB);
+    // About 3 MiB/s per connection: 2.5 s over four.
+    server.route(
+        "/big",
+        Route { throttle: Some((64 * 1024, Duration::from_millis(20))), ..Route::new(body.clone()) },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} big", server.url("/big")));
+    let args = ["--split-size", "1M", "--max-connections-per-file", "4", "m.txt"];
+    let mut child =
+        fetch_std(tmp.path()).args(args).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let meta = tmp.path().join("big.fetch-part.meta");
+    let done = || -> Vec<(u64, u64)> {
+        let Ok(text) = std::fs::read(&meta) else { return Vec::new() };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&text) else { return Vec::new() };
+        let ranges = value["done"].as_array().cloned().unwrap_or_default();
+        ranges.iter().map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap())).collect()
+    };
+    let bytes = |ranges: &[(u64, u64)]| ranges.iter().map(|(s, e)| e - s).sum::<u64>();
+    let recorded = wait_until(Duration::from_secs(20), || bytes(&done()) >= 4 * MIB as u64);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(recorded, "no ranges were recorded");
+    let done = done();
+    assert!(bytes(&done) < body.len() as u64, "killed too late: {done:?}");
+    assert!(!tmp.path().join("big").exists());
+
+    let before = server.log().len();
+    let sent_before = server.body_bytes();
+    let out = run(fetch(tmp.path()).args(args).arg("-v"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("big")).unwrap() == body, "bytes differ");
+    let rerun = &server.log()[before..];
+    let asked = ranges(rerun);
+    assert_eq!(asked.len(), rerun.len(), "every request of the rerun is for a range: {rerun:?}");
+    for &(start, last) in &asked {
+        for &(s, e) in &done {
+            assert!(last < s || start >= e, "{start}-{last} asks again for recorded bytes {s}..{e}");
+        }
+    }
+    let sent = (server.body_bytes() - sent_before) as u64;
+    let missing = body.len() as u64 - bytes(&done);
+    assert!(sent >= missing && sent < missing + MIB as u64, "sent {sent} for {missing} missing bytes");
+    assert!(out.stderr.contains("resuming at"), "{}", out.stderr);
+    assert_eq!(files(tmp.path()), ["big", "m.txt"]);
+}
+
+#[test]
+fn a_server_that_ignores_ranges_gets_one_clean_stream() {
+    let server = Server::start();
+    let body = content(24, 16 * MIB);
+    // Slow at first, so that the file is split; then fast, so that the
+    // single stream it falls back to does not hold the test up.
+    let fast = Route { ignore_range: true, ..Route::new(body.clone()) };
+    server.route("/big", Route { ignore_range: true, then: Some(Box::new(fast)), ..throttled(&body) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} big", server.url("/big")));
+    let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("big")).unwrap() == body, "bytes differ");
+    assert!(out.stderr.contains("downloading as one stream"), "{}", out.stderr);
+    let last = server.requests_to("/big").pop().unwrap();
+    assert_eq!((last.range(), last.status), (None, 200));
+    assert_eq!(files(tmp.path()), ["big", "m.txt"]);
+}
+
+#[test]
+fn a_file_that_changes_during_a_split_download_restarts_cleanly() {
+    let server = Server::start();
+    let old = content(25, 16 * MIB);
+    let new = content(26, 16 * MIB);
+    server.route("/big", Route { then: Some(Box::new(Route::new(new.clone()))), ..throttled(&old) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} big", server.url("/big")));
+    let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("big")).unwrap() == new, "not the new file's bytes");
+    assert!(out.stderr.contains("downloading as one stream"), "{}", out.stderr);
+}
+
+#[test]
+fn an_idle_connection_takes_over_half_of_a_slow_range() {
+    let server = Server::start();
+    let body = content(27, 16 * MIB);
+    // The first range request stalls for a second before its first byte.
+    let stalling = Route { stalls: [(0, Duration::from_secs(1))].into(), ..throttled(&body) };
+    server.route("/big", Route { then: Some(Box::new(stalling)), ..throttled(&body) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} big", server.url("/big")));
+    let out = run(fetch(tmp.path()).args(["--split-size", "1M", "--max-connections-per-file", "4", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("big")).unwrap() == body, "bytes differ");
+    // Someone took over the second half of the stalled range.
+    let log = server.requests_to("/big");
+    let (start, last) = log.iter().find(|l| l.stalled).and_then(Logged::range).unwrap();
+    let last = last.unwrap();
+    let asked = ranges(&log);
+    assert!(
+        asked.iter().any(|&(s, _)| s > start && s <= last),
+        "nothing of the stalled range {start}-{last} was taken over: {asked:?}"
+    );
+    assert!(asked.iter().all(|(s, _)| s % 4096 == 0), "pieces are split at page boundaries: {asked:?}");
+}
+
+#[test]
+fn small_files_and_one_connection_per_file_are_not_split() {
+    let server = Server::start();
+    let body = content(28, 4 * MIB);
+    server.route("/big", Route::new(body.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} a\n", server.url("/big")));
+    // Under the default --split-size of 64M.
+    assert_eq!(run(fetch(tmp.path()).arg("m.txt")).code, Some(0));
+    write(tmp.path(), "m.txt", &format!("{} b\n", server.url("/big")));
+    let out = run(fetch(tmp.path()).args(["--split-size", "1M", "--max-connections-per-file", "1", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(server.requests_to("/big").len(), 2);
+    assert!(std::fs::read(tmp.path().join("b")).unwrap() == body);
+    // Over --split-size, but so fast that more connections would not help.
+    write(tmp.path(), "m.txt", &format!("{} c\n", server.url("/big")));
+    let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(server.requests_to("/big").len(), 3, "{}", out.stderr);
+    assert!(!out.stderr.contains("split "), "{}", out.stderr);
+    let bad = run(fetch(tmp.path()).args(["--split-size", "1X", "m.txt"]));
+    assert_eq!(bad.code, Some(2));
+    assert!(bad.stderr.contains("invalid size unit"), "{}", bad.stderr);
+}
