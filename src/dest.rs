@@ -7,8 +7,10 @@
 //! cannot see; [`Rules::prepare_parent`] checks them against the real
 //! filesystem just before the parent directories are created.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use percent_encoding::percent_decode_str;
 use reqwest::Url;
@@ -40,13 +42,19 @@ pub struct Rules {
     /// `--dir` with symlinks resolved, for the escape check.
     canonical_dir: PathBuf,
     allow_escape: bool,
+    /// Parent directories already checked and created in this run, so that
+    /// the thousands of files of one folder cost one check, not thousands.
+    prepared: Arc<Mutex<HashSet<PathBuf>>>,
 }
+
+/// Directories remembered as prepared; the set starts over when full.
+const PREPARED_MAX: usize = 4096;
 
 impl Rules {
     /// `dir` must exist; [`crate::config`] creates it first.
     pub fn new(dir: PathBuf, allow_escape: bool) -> io::Result<Self> {
         let canonical_dir = dir.canonicalize()?;
-        Ok(Rules { dir, canonical_dir, allow_escape })
+        Ok(Rules { dir, canonical_dir, allow_escape, prepared: Arc::default() })
     }
 
     /// Resolve a manifest path against `--dir`, lexically.
@@ -103,15 +111,24 @@ impl Rules {
     /// Rules for a `--dir` that does not exist yet (a dry run creates nothing).
     pub fn planned(dir: PathBuf, allow_escape: bool) -> io::Result<Self> {
         let canonical_dir = std::path::absolute(&dir)?;
-        Ok(Rules { dir, canonical_dir, allow_escape })
+        Ok(Rules { dir, canonical_dir, allow_escape, prepared: Arc::default() })
     }
 
     /// Create the destination's missing parent directories, first making
     /// sure that no symlink among the existing ones leads outside `--dir`.
     pub fn prepare_parent(&self, dest: &Path) -> Result<(), PrepareError> {
+        let Some(parent) = dest.parent() else { return Ok(()) };
+        if self.prepared.lock().expect("prepared set poisoned").contains(parent) {
+            return Ok(());
+        }
         if let Some(parent) = self.check_parent(dest)? {
             std::fs::create_dir_all(parent)?;
         }
+        let mut prepared = self.prepared.lock().expect("prepared set poisoned");
+        if prepared.len() >= PREPARED_MAX {
+            prepared.clear();
+        }
+        prepared.insert(parent.to_owned());
         Ok(())
     }
 
@@ -183,7 +200,12 @@ mod tests {
     use super::*;
 
     fn rules(dir: &str, allow: bool) -> Rules {
-        Rules { dir: dir.into(), canonical_dir: "/canon".into(), allow_escape: allow }
+        Rules {
+            dir: dir.into(),
+            canonical_dir: "/canon".into(),
+            allow_escape: allow,
+            prepared: Arc::default(),
+        }
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //! the same manifest never write one file together.
 //!
 //! Invariants:
-//! - the meta is written before the first byte of a fresh start, so the
-//!   bytes in a part file always belong to the validator in its meta;
+//! - the meta is written just before the first bytes of a fresh start reach
+//!   the file (bytes without a meta are never trusted), so the bytes in a
+//!   part file always belong to the validator in its meta. A small file is
+//!   one buffer, written only at its commit: it never gets a meta, which
+//!   saves creating and deleting an inode per file;
 //! - the destination only ever appears by a rename or link of a complete,
 //!   `fsync`ed file, followed by an `fsync` of its directory;
 //! - without `--overwrite` an existing destination is never replaced, even
@@ -81,6 +84,10 @@ pub struct Partial {
     split: bool,
     /// Bytes `0..synced` have been handed to writeback.
     synced: u64,
+    /// The meta of a fresh start, written when its first bytes leave the buffer.
+    pending_meta: Option<Vec<u8>>,
+    /// Whether a meta file may exist beside the part.
+    meta_on_disk: bool,
 }
 
 #[derive(Debug)]
@@ -118,7 +125,9 @@ impl Partial {
                 Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
                     let len = ours.len();
                     let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
-                    writer.seek(SeekFrom::End(0))?;
+                    if len > 0 {
+                        writer.seek(SeekFrom::End(0))?;
+                    }
                     return Ok(Opened::Locked(Partial {
                         writer,
                         part,
@@ -126,6 +135,8 @@ impl Partial {
                         synced: len,
                         len,
                         split: false,
+                        pending_meta: None,
+                        meta_on_disk: true,
                     }));
                 }
                 Ok(_) => continue,
@@ -149,26 +160,48 @@ impl Partial {
         serde_json::from_slice(&text).ok()
     }
 
-    /// Empty the file and record what its next bytes will be.
+    /// Empty the file and record what its next bytes will be (on disk
+    /// once they are).
     pub fn restart(&mut self, meta: &Meta) -> io::Result<()> {
         self.truncate()?;
         let mut text = serde_json::to_vec(meta).map_err(io::Error::other)?;
         text.push(b'\n');
-        fs::write(&self.meta, text)
+        self.pending_meta = Some(text);
+        Ok(())
     }
 
     /// Empty the file, forgetting its meta.
     pub fn truncate(&mut self) -> io::Result<()> {
-        self.writer.flush()?;
-        let file = self.writer.get_mut();
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
+        self.pending_meta = None;
+        if self.len > 0 || !self.writer.buffer().is_empty() {
+            self.writer.flush()?;
+            let file = self.writer.get_mut();
+            file.set_len(0)?;
+            file.seek(SeekFrom::Start(0))?;
+        }
         self.len = 0;
         self.synced = 0;
         if std::mem::take(&mut self.split) {
             remove_if_exists(&meta_tmp(&self.meta))?;
         }
-        remove_if_exists(&self.meta)
+        if std::mem::take(&mut self.meta_on_disk) {
+            remove_if_exists(&self.meta)?;
+        }
+        Ok(())
+    }
+
+    /// Write buffered bytes to the file, after the meta they need.
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_pending_meta()?;
+        self.writer.flush()
+    }
+
+    fn write_pending_meta(&mut self) -> io::Result<()> {
+        if let Some(text) = self.pending_meta.take() {
+            fs::write(&self.meta, text)?;
+            self.meta_on_disk = true;
+        }
+        Ok(())
     }
 
     /// Prepare for a split download: record `meta` (whose `done` names the
@@ -177,6 +210,7 @@ impl Partial {
     /// crash never leaves a full-length file that looks like a prefix.
     pub fn split(&mut self, meta: &Meta, total: u64) -> io::Result<File> {
         debug_assert!(meta.done.is_some());
+        self.pending_meta = None;
         self.writer.flush()?;
         self.split = true;
         self.save_meta(meta)?;
@@ -190,19 +224,24 @@ impl Partial {
 
     /// Replace the meta atomically (write a temporary file, rename it), so
     /// that a crash leaves the old record or the new one, never a torn one.
-    pub fn save_meta(&self, meta: &Meta) -> io::Result<()> {
+    pub fn save_meta(&mut self, meta: &Meta) -> io::Result<()> {
         let mut text = serde_json::to_vec(meta).map_err(io::Error::other)?;
         text.push(b'\n');
         let tmp = meta_tmp(&self.meta);
         fs::write(&tmp, text)?;
+        self.meta_on_disk = true;
         fs::rename(&tmp, &self.meta)
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.writer.buffer().len() + bytes.len() > self.writer.capacity() {
+            // These bytes make the buffer go to the file.
+            self.write_pending_meta()?;
+        }
         self.writer.write_all(bytes)?;
         self.len += bytes.len() as u64;
         if self.len - self.synced >= WRITEBACK_EVERY {
-            self.writer.flush()?;
+            self.flush()?;
             start_writeback(self.writer.get_ref(), self.synced, self.len - self.synced);
             self.synced = self.len;
         }
@@ -212,7 +251,7 @@ impl Partial {
     /// Feed the bytes already in the file to `sink`, for a digest that must
     /// cover a partial file left by an earlier run.
     pub fn read_existing(&mut self, mut sink: impl FnMut(&[u8])) -> io::Result<()> {
-        self.writer.flush()?;
+        self.flush()?;
         let file = self.writer.get_mut();
         file.seek(SeekFrom::Start(0))?;
         let mut buf = vec![0u8; WRITE_BUFFER];
@@ -232,7 +271,7 @@ impl Partial {
     /// Flush buffered bytes so a later run can resume them; the lock goes
     /// with the file handle.
     pub fn keep(mut self) -> io::Result<()> {
-        self.writer.flush()
+        self.flush()
     }
 
     /// Remove the part file and its meta.
@@ -250,14 +289,15 @@ impl Partial {
     /// On failure the part file and its meta are removed: a file that
     /// could not be flushed (ENOSPC, EIO) cannot be trusted for resume.
     pub fn commit(self, dest: &Path, overwrite: bool) -> io::Result<Committed> {
-        let Partial { writer, part, meta, split, .. } = self;
+        let Partial { writer, part, meta, split, meta_on_disk, .. } = self;
         if split {
             remove_if_exists(&meta_tmp(&meta))?;
         }
         let result = flush_and_place(writer, &part, dest, overwrite);
+        let remove_meta = || if meta_on_disk { remove_if_exists(&meta) } else { Ok(()) };
         let cleanup = match &result {
-            Ok(Committed::Renamed) => remove_if_exists(&meta),
-            Ok(Committed::DestinationExists) | Err(_) => remove_if_exists(&meta).and(remove_if_exists(&part)),
+            Ok(Committed::Renamed) => remove_meta(),
+            Ok(Committed::DestinationExists) | Err(_) => remove_meta().and(remove_if_exists(&part)),
         };
         let outcome = result?;
         cleanup?;
@@ -278,8 +318,38 @@ fn flush_and_place(
         fs::rename(part, dest)?;
         Ok(Committed::Renamed)
     } else {
-        link_no_replace(part, dest)
+        rename_no_replace(part, dest)
     }
+}
+
+/// Move `part` to `dest` unless `dest` exists: `renameat2` with
+/// `RENAME_NOREPLACE` where the kernel and filesystem have it (Linux 3.15+;
+/// ext4, xfs, btrfs, tmpfs), else a hard link and an unlink.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn rename_no_replace(part: &Path, dest: &Path) -> io::Result<Committed> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from, to) = (c(part)?, c(dest)?);
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == 0 {
+        return Ok(Committed::Renamed);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EEXIST) => Ok(Committed::DestinationExists),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => link_no_replace(part, dest),
+        _ => Err(error),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn rename_no_replace(part: &Path, dest: &Path) -> io::Result<Committed> {
+    link_no_replace(part, dest)
 }
 
 /// Move `part` to `dest` unless `dest` exists. A hard link is the atomic
@@ -372,6 +442,8 @@ mod tests {
         assert!(matches!(Partial::open(&dest).unwrap(), Opened::Busy));
         p.restart(&Meta { url: "u".into(), etag: Some("\"e\"".into()), ..Meta::default() }).unwrap();
         p.write(b"hello").unwrap();
+        assert_eq!(p.meta(), None, "no meta before bytes reach the file");
+        p.write(&[0; WRITE_BUFFER]).unwrap();
         assert_eq!(p.meta().unwrap().etag.as_deref(), Some("\"e\""));
         fs::write(&dest, b"old").unwrap();
         assert_eq!(p.commit(&dest, false).unwrap(), Committed::DestinationExists);
@@ -383,6 +455,28 @@ mod tests {
         p.write(b"new").unwrap();
         assert_eq!(p.commit(&dest, true).unwrap(), Committed::Renamed);
         assert_eq!(fs::read(&dest).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_small_file_never_gets_a_meta_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        let meta = Meta { url: "u".into(), etag: Some("\"e\"".into()), ..Meta::default() };
+        let Opened::Locked(mut p) = Partial::open(&dest).unwrap() else { panic!() };
+        p.restart(&meta).unwrap();
+        p.write(b"small").unwrap();
+        assert_eq!(p.commit(&dest, false).unwrap(), Committed::Renamed);
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["f"]);
+
+        // Kept for the next run, even a few bytes need their meta.
+        let dest = dir.path().join("g");
+        let Opened::Locked(mut p) = Partial::open(&dest).unwrap() else { panic!() };
+        p.restart(&meta).unwrap();
+        p.write(b"few").unwrap();
+        p.keep().unwrap();
+        let Opened::Locked(p) = Partial::open(&dest).unwrap() else { panic!() };
+        assert_eq!((p.len(), p.meta()), (3, Some(meta)));
     }
 
     #[test]
