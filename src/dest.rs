@@ -142,6 +142,11 @@ impl Rules {
             // The deepest ancestor that exists decides where new directories land.
             let mut existing = parent;
             while !existing.exists() {
+                if existing == self.dir {
+                    // --dir itself is still to be made (a dry run): all of
+                    // it will be new directories inside it.
+                    return Ok(Some(parent));
+                }
                 match existing.parent() {
                     Some(up) if !up.as_os_str().is_empty() => existing = up,
                     _ => break,

@@ -224,6 +224,13 @@ fn dry_run_validates_and_lists_without_any_request() {
     let out = run(fetch(tmp.path()).args(["--dry-run", "--dir", "not/yet", "m.txt"]));
     assert!(out.stdout.contains("download  not/yet/new"), "{}", out.stdout);
     assert!(!tmp.path().join("not").exists(), "a dry run does not create --dir");
+
+    // Folders below a --dir still to be made are inside it, not escapes.
+    write(tmp.path(), "deep.txt", &format!("{} a/b/c\n", server.url("/new")));
+    let out = run(fetch(tmp.path()).args(["--dry-run", "--dir", "not/yet", "deep.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("download  not/yet/a/b/c"), "{}", out.stdout);
+    assert!(!tmp.path().join("not").exists());
 }
 
 #[test]

@@ -197,15 +197,16 @@ fn a_stalled_body_is_retried_and_resumed() {
     assert!(out.stderr.contains("retry       f: attempt 1 failed"), "{}", out.stderr);
 }
 
-/// Start a throttled download of a 2 MB file (then the manifest lines in
-/// `more`) and return once its partial holds at least 200 kB.
+/// Start a throttled download of an 8 MB file (then the manifest lines in
+/// `more`) and return once its partial holds at least 200 kB. At 1.6 MB/s
+/// it takes 5 s: time to interrupt it even on a loaded machine.
 fn start_throttled(
     server: &Server,
     dir: &Path,
     extra: &[&str],
     more: &str,
 ) -> (std::process::Child, Vec<u8>) {
-    let body = content(9, 2_000_000);
+    let body = content(9, 8_000_000);
     server.route(
         "/big",
         Route { throttle: Some((16 * 1024, Duration::from_millis(10))), ..Route::new(body.clone()) },
