@@ -70,7 +70,7 @@ measure() {
     [ "$scenario" = noop ] || rm -rf "$out"
     mkdir -p "$out"
     sync
-    /usr/bin/time -f "%e %U %S %M" -o "$WORK/time.txt" "$@" > "$WORK/logs/$scenario-$tool.log" 2>&1 || true
+    /usr/bin/time -f "%e %U %S %M" -o "$WORK/time.txt" "$@" > "$WORK/logs/$scenario-${tool//[^A-Za-z0-9.-]/_}.log" 2>&1 || true
     ok=$(python3 "$bench/verify.py" "$WORK" "$manifest" "$out" || true)
     read -r wall user sys rss < <(tail -1 "$WORK/time.txt")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$tool" "$wall" "$user" "$sys" "$rss" "$ok" "$n" >> "$results"
