@@ -295,13 +295,20 @@ pub async fn run(
     let mut save = tokio::time::interval(SAVE_EVERY);
     save.tick().await;
     let mut judge = tokio::time::interval(JUDGE_EVERY);
+    let mut slow_judgments = 0;
     judge.tick().await;
     loop {
         tokio::select! {
             _ = judge.tick(), if !split && failure.is_none() => {
                 let got = shared.received.load(Ordering::Relaxed);
                 let rate = got as f64 / started.elapsed().as_secs_f64();
-                if left_at_start.saturating_sub(got) as f64 > rate * SPLIT_WORTH.as_secs_f64() {
+                let rest = left_at_start.saturating_sub(got) as f64 / rate;
+                let worth = SPLIT_WORTH.as_secs_f64();
+                // A file far too slow splits at once; a merely slow one
+                // must be judged so twice in a row, so that a start slowed
+                // by a busy disk or CPU does not split a fast file.
+                slow_judgments = if rest > worth { slow_judgments + 1 } else { 0 };
+                if rest > 4.0 * worth || slow_judgments >= 2 {
                     split = true;
                     spawn_helpers(&mut workers);
                 }
