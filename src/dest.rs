@@ -7,7 +7,7 @@
 //! cannot see; [`Rules::prepare_parent`] checks them against the real
 //! filesystem just before the parent directories are created.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,8 +43,20 @@ pub struct Rules {
     canonical_dir: PathBuf,
     allow_escape: bool,
     /// Parent directories already checked and created in this run, so that
-    /// the thousands of files of one folder cost one check, not thousands.
-    prepared: Arc<Mutex<HashSet<PathBuf>>>,
+    /// the thousands of files of one folder cost one check, not thousands;
+    /// with whether this run created them.
+    prepared: Arc<Mutex<HashMap<PathBuf, bool>>>,
+}
+
+/// A destination's parent directory, ready for files.
+#[derive(Debug, Clone, Copy)]
+pub struct Parent<'a> {
+    pub dir: &'a Path,
+    /// The first time this run prepared it.
+    pub first: bool,
+    /// Created by this run, so it holds nothing from before: no
+    /// destination to skip, no partial file to resume.
+    pub fresh: bool,
 }
 
 /// Directories remembered as prepared; the set starts over when full.
@@ -114,22 +126,32 @@ impl Rules {
         Ok(Rules { dir, canonical_dir, allow_escape, prepared: Arc::default() })
     }
 
+    /// Whether the destination's directory was created by this run, as far
+    /// as [`Rules::prepare_parent`] has seen.
+    pub fn in_fresh_dir(&self, dest: &Path) -> bool {
+        let Some(parent) = dest.parent() else { return false };
+        self.prepared.lock().expect("prepared set poisoned").get(parent).copied().unwrap_or(false)
+    }
+
     /// Create the destination's missing parent directories, first making
     /// sure that no symlink among the existing ones leads outside `--dir`.
-    pub fn prepare_parent(&self, dest: &Path) -> Result<(), PrepareError> {
-        let Some(parent) = dest.parent() else { return Ok(()) };
-        if self.prepared.lock().expect("prepared set poisoned").contains(parent) {
-            return Ok(());
+    pub fn prepare_parent<'a>(&self, dest: &'a Path) -> Result<Parent<'a>, PrepareError> {
+        let Some(parent) = dest.parent() else {
+            return Ok(Parent { dir: Path::new("/"), first: false, fresh: false });
+        };
+        if let Some(&fresh) = self.prepared.lock().expect("prepared set poisoned").get(parent) {
+            return Ok(Parent { dir: parent, first: false, fresh });
         }
-        if let Some(parent) = self.check_parent(dest)? {
-            std::fs::create_dir_all(parent)?;
-        }
+        let fresh = match self.check_parent(dest)? {
+            Some(parent) => create_dir(parent)?,
+            None => false,
+        };
         let mut prepared = self.prepared.lock().expect("prepared set poisoned");
         if prepared.len() >= PREPARED_MAX {
             prepared.clear();
         }
-        prepared.insert(parent.to_owned());
-        Ok(())
+        prepared.insert(parent.to_owned(), fresh);
+        Ok(Parent { dir: parent, first: true, fresh })
     }
 
     /// The escape check of [`Rules::prepare_parent`], creating nothing;
@@ -169,6 +191,27 @@ pub enum PrepareError {
     Escapes { dir: PathBuf, target: PathBuf },
     #[error("cannot create the destination's directory: {0}")]
     Io(#[from] io::Error),
+}
+
+/// Create `dir` and its missing ancestors, as `create_dir_all` does; true
+/// when `dir` itself was made here (another process racing us makes it
+/// theirs).
+fn create_dir(dir: &Path) -> io::Result<bool> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(up) = dir.parent() {
+                std::fs::create_dir_all(up)?;
+            }
+            match std::fs::create_dir(dir) {
+                Ok(()) => Ok(true),
+                Err(_) if dir.is_dir() => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Err(_) if dir.is_dir() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The file name a URL names: its last path segment, percent-decoded.

@@ -19,6 +19,7 @@ use std::time::Instant;
 use reqwest::header::HeaderMap;
 use sha2::{Digest, Sha256};
 
+use crate::commit::Committer;
 use crate::dest::{PrepareError, Rules};
 use crate::fsx::{Committed, Opened, Partial};
 use crate::manifest::{Entry, LineError, Location};
@@ -37,6 +38,7 @@ use crate::transfer::{self, AttemptError, Attempted, State, Target};
 pub struct Context {
     pub client: reqwest::Client,
     pub limits: Limits,
+    pub committer: Committer,
     pub split: Option<SplitPolicy>,
     /// One in-flight download per destination within this run.
     pub destinations: Keyed<PathBuf>,
@@ -66,6 +68,19 @@ pub enum DownloadError {
     Checksum { expected: String, actual: String },
     #[error("size mismatch: the manifest says {expected} bytes, the server sent {actual}")]
     Size { expected: u64, actual: u64 },
+}
+
+impl DownloadError {
+    /// Another fetch process took the part file after this one looked for
+    /// it (see [`Partial::open`]): that process has the entry.
+    fn is_locked_by_other_process(&self) -> bool {
+        let io = match self {
+            DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => e,
+            DownloadError::Partial { source, .. } => source,
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::ResourceBusy
+    }
 }
 
 impl Outcome {
@@ -117,6 +132,10 @@ pub async fn download(entry: Entry, ctx: Arc<Context>) -> Option<Outcome> {
             outcome.status = Status::Skipped;
             outcome.skip = Some(reason);
         }
+        Err(error) if error.is_locked_by_other_process() => {
+            outcome.status = Status::Skipped;
+            outcome.skip = Some(SkipReason::LockedByOtherProcess);
+        }
         Err(error) => {
             outcome.status = Status::Failed;
             outcome.error = Some(error);
@@ -138,7 +157,8 @@ fn exists(path: &Path) -> bool {
 
 async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result<Done, DownloadError> {
     let dest = &entry.dest;
-    if !ctx.overwrite && exists(dest) {
+    // In a directory this run made, nothing can be in place already.
+    if !ctx.overwrite && !ctx.rules.in_fresh_dir(dest) && exists(dest) {
         return Ok(Done::Skipped(SkipReason::Exists));
     }
     // Entries of this run that share a destination go one at a time; a later
@@ -147,10 +167,16 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
     else {
         return Ok(Done::NotStarted);
     };
-    if dest_permit.done() || (!ctx.overwrite && exists(dest)) {
+    // Another process may finish the file too; the commit never replaces
+    // it (`RENAME_NOREPLACE`), so looking again here would only cost every
+    // entry a system call to save a rare race a download.
+    if dest_permit.done() {
         return Ok(Done::Skipped(SkipReason::CompletedElsewhere));
     }
-    ctx.rules.prepare_parent(dest)?;
+    let parent = ctx.rules.prepare_parent(dest)?;
+    if parent.first {
+        ctx.committer.watch(parent.dir);
+    }
 
     let host = entry.url.host_str().unwrap_or_default().to_owned()
         + ":"
@@ -161,15 +187,10 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
     let mut slot = Some(slot);
 
     let partial_error = |source| DownloadError::Partial { path: crate::fsx::part_paths(dest).0, source };
-    let mut partial = match Partial::open(dest).map_err(partial_error)? {
+    let mut partial = match Partial::open(dest, !parent.fresh).map_err(partial_error)? {
         Opened::Locked(partial) => partial,
         Opened::Busy => return Ok(Done::Skipped(SkipReason::LockedByOtherProcess)),
     };
-    // Another process may have finished the file while we waited for its lock.
-    if !ctx.overwrite && exists(dest) {
-        partial.discard().map_err(partial_error)?;
-        return Ok(Done::Skipped(SkipReason::CompletedElsewhere));
-    }
 
     let mut state = State { hasher: entry.sha256.map(|_| Sha256::new()), ..State::default() };
     let resume = resume_or_truncate(entry, ctx, &mut partial, &mut state).map_err(partial_error)?;
@@ -298,14 +319,10 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
             }
         }
     }
+    let pending =
+        ctx.committer.submit(partial, dest.clone(), ctx.overwrite).await.map_err(DownloadError::Commit)?;
     drop(slot);
-
-    let dest_owned = dest.clone();
-    let overwrite = ctx.overwrite;
-    let committed = tokio::task::spawn_blocking(move || partial.commit(&dest_owned, overwrite))
-        .await
-        .expect("commit task panicked")
-        .map_err(DownloadError::Commit)?;
+    let committed = pending.wait().await.map_err(DownloadError::Commit)?;
     match committed {
         Committed::Renamed => {
             dest_permit.mark_done();

@@ -7,19 +7,28 @@
 //! `File::try_lock`) for as long as a process works on it, so two runs on
 //! the same manifest never write one file together.
 //!
+//! A fresh download stays in memory while it fits in one buffer (256 KiB):
+//! the part file is made only when the bytes outgrow it, or must be kept
+//! for a later run (Ctrl-C, retries used up). A small file is written at its
+//! commit, into a file with no name (`O_TMPFILE`) that is linked into place,
+//! so it costs one inode and no lock, meta or rename.
+//!
 //! Invariants:
 //! - the meta is written just before the first bytes of a fresh start reach
 //!   the file (bytes without a meta are never trusted), so the bytes in a
-//!   part file always belong to the validator in its meta. A small file is
-//!   one buffer, written only at its commit: it never gets a meta, which
-//!   saves creating and deleting an inode per file;
-//! - the destination only ever appears by a rename or link of a complete,
-//!   `fsync`ed file, followed by an `fsync` of its directory;
+//!   part file always belong to the validator in its meta;
+//! - a meta never outlives its part file (it is removed first), so a part
+//!   file this process creates has none to look for;
+//! - the destination only ever appears by a rename of a complete file
+//!   whose bytes are on disk ([`Finished::sync`], or a barrier of
+//!   [`crate::commit`]), and the rename is made durable before the entry
+//!   counts as downloaded;
 //! - without `--overwrite` an existing destination is never replaced, even
-//!   one that appeared while we downloaded (link, not rename).
+//!   one that appeared while we downloaded (`RENAME_NOREPLACE`).
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -71,10 +80,17 @@ pub fn part_paths(dest: &Path) -> (PathBuf, PathBuf) {
     (dest.with_file_name(format!("{base}{PART_SUFFIX}")), dest.with_file_name(format!("{base}{META_SUFFIX}")))
 }
 
-/// A part file held under an exclusive lock.
+/// A download's partial file: the part file held under an exclusive lock,
+/// or, for a fresh download that still fits in one buffer, nothing on disk
+/// yet.
 #[derive(Debug)]
 pub struct Partial {
-    writer: BufWriter<File>,
+    /// The locked part file; `None` until the bytes outgrow `buf` (or must
+    /// be kept for a later run), so that a small file touches the disk only
+    /// at its commit.
+    file: Option<File>,
+    /// Bytes not yet written to `file`: all of them while there is none.
+    buf: Vec<u8>,
     part: PathBuf,
     meta: PathBuf,
     /// Bytes in the file, including those still in the buffer.
@@ -88,6 +104,8 @@ pub struct Partial {
     pending_meta: Option<Vec<u8>>,
     /// Whether a meta file may exist beside the part.
     meta_on_disk: bool,
+    /// The filesystem the file is on (`st_dev`), once there is a file.
+    dev: u64,
 }
 
 #[derive(Debug)]
@@ -106,44 +124,95 @@ pub enum Committed {
     DestinationExists,
 }
 
-impl Partial {
-    /// Open (creating if needed) and lock the part file for `dest`. Its
-    /// existing bytes are kept; [`Partial::meta`] says whether to trust them.
-    pub fn open(dest: &Path) -> io::Result<Opened> {
-        let (part, meta) = part_paths(dest);
-        loop {
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&part)?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(TryLockError::WouldBlock) => return Ok(Opened::Busy),
-                Err(TryLockError::Error(e)) => return Err(e),
-            }
-            // The holder we waited out may have renamed this inode into place
-            // before we locked it: only the file still at `part` is ours.
-            let ours = file.metadata()?;
-            match fs::metadata(&part) {
-                Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
-                    let len = ours.len();
-                    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
-                    if len > 0 {
-                        writer.seek(SeekFrom::End(0))?;
-                    }
-                    return Ok(Opened::Locked(Partial {
-                        writer,
-                        part,
-                        meta,
-                        synced: len,
-                        len,
-                        split: false,
-                        pending_meta: None,
-                        meta_on_disk: true,
-                    }));
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+/// What [`lock_part`] found.
+enum Lock {
+    Held {
+        file: File,
+        created: bool,
+        len: u64,
+        dev: u64,
+    },
+    /// Another process holds the lock.
+    Busy,
+    /// No part file (only without `create`).
+    Absent,
+}
+
+/// Open and lock the part file at `part`, creating it if `create`.
+fn lock_part(part: &Path, create: bool) -> io::Result<Lock> {
+    let open = |new| OpenOptions::new().read(true).write(true).create_new(new).open(part);
+    loop {
+        let (file, created) = match create.then(|| open(true)) {
+            Some(Ok(file)) => (file, true),
+            Some(Err(e)) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => match open(false) {
+                Ok(file) => (file, false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lock::Absent),
                 Err(e) => return Err(e),
+            },
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(Lock::Busy),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+        // The holder before us may have renamed this inode into place
+        // before we locked it: only the file still at `part` is ours.
+        let ours = file.metadata()?;
+        match fs::metadata(part) {
+            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
+                return Ok(Lock::Held { file, created, len: ours.len(), dev: ours.dev() });
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn busy(part: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        format!("another fetch process is writing {}", part.display()),
+    )
+}
+
+impl Partial {
+    /// Lock the part file for `dest`, if an earlier run left one: its bytes
+    /// are kept, and [`Partial::meta`] says whether to trust them. Without
+    /// one, nothing is created until the bytes outgrow the buffer. With
+    /// `look` false (a directory this run created) there is none to find.
+    pub fn open(dest: &Path, look: bool) -> io::Result<Opened> {
+        let (part, meta) = part_paths(dest);
+        let mut partial = Partial {
+            file: None,
+            buf: Vec::new(),
+            part,
+            meta,
+            len: 0,
+            split: false,
+            synced: 0,
+            pending_meta: None,
+            meta_on_disk: false,
+            dev: 0,
+        };
+        if !look {
+            return Ok(Opened::Locked(partial));
+        }
+        match lock_part(&partial.part, false)? {
+            Lock::Busy => return Ok(Opened::Busy),
+            Lock::Absent => {}
+            Lock::Held { mut file, len, dev, .. } => {
+                if len > 0 {
+                    file.seek(SeekFrom::End(0))?;
+                }
+                partial.file = Some(file);
+                (partial.len, partial.synced, partial.dev) = (len, len, dev);
+                partial.meta_on_disk = true;
             }
         }
+        Ok(Opened::Locked(partial))
     }
 
     pub fn len(&self) -> u64 {
@@ -173,9 +242,11 @@ impl Partial {
     /// Empty the file, forgetting its meta.
     pub fn truncate(&mut self) -> io::Result<()> {
         self.pending_meta = None;
-        if self.len > 0 || !self.writer.buffer().is_empty() {
-            self.writer.flush()?;
-            let file = self.writer.get_mut();
+        let on_disk = self.len - self.buf.len() as u64;
+        self.buf.clear();
+        if let Some(file) = &mut self.file
+            && on_disk > 0
+        {
             file.set_len(0)?;
             file.seek(SeekFrom::Start(0))?;
         }
@@ -190,16 +261,36 @@ impl Partial {
         Ok(())
     }
 
-    /// Write buffered bytes to the file, after the meta they need.
-    fn flush(&mut self) -> io::Result<()> {
-        self.write_pending_meta()?;
-        self.writer.flush()
+    /// The part file, created and locked now if there is none yet.
+    fn file(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let Lock::Held { file, created, len, dev } = lock_part(&self.part, true)? else {
+                return Err(busy(&self.part));
+            };
+            if !created {
+                // Left by a run that ended after we looked: not ours to trust.
+                if len > 0 {
+                    file.set_len(0)?;
+                }
+                remove_if_exists(&self.meta)?;
+            }
+            self.dev = dev;
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("opened above"))
     }
 
-    fn write_pending_meta(&mut self) -> io::Result<()> {
+    /// Write buffered bytes to the file, after the meta they need.
+    fn flush(&mut self) -> io::Result<()> {
+        self.file()?;
         if let Some(text) = self.pending_meta.take() {
             fs::write(&self.meta, text)?;
             self.meta_on_disk = true;
+        }
+        if !self.buf.is_empty() {
+            let file = self.file.as_mut().expect("created above");
+            file.write_all(&self.buf)?;
+            self.buf.clear();
         }
         Ok(())
     }
@@ -211,15 +302,17 @@ impl Partial {
     pub fn split(&mut self, meta: &Meta, total: u64) -> io::Result<File> {
         debug_assert!(meta.done.is_some());
         self.pending_meta = None;
-        self.writer.flush()?;
+        self.flush()?;
         self.split = true;
         self.save_meta(meta)?;
-        let file = self.writer.get_mut();
-        if self.len != total {
+        let len = self.len;
+        let file = self.file()?;
+        if len != total {
             file.set_len(total)?;
-            self.len = total;
         }
-        file.try_clone()
+        let handle = file.try_clone();
+        self.len = total;
+        handle
     }
 
     /// Replace the meta atomically (write a temporary file, rename it), so
@@ -234,15 +327,19 @@ impl Partial {
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.writer.buffer().len() + bytes.len() > self.writer.capacity() {
-            // These bytes make the buffer go to the file.
-            self.write_pending_meta()?;
+        if self.buf.len() + bytes.len() > WRITE_BUFFER {
+            self.flush()?;
         }
-        self.writer.write_all(bytes)?;
+        match &mut self.file {
+            // A chunk as big as the buffer gains nothing from a copy.
+            Some(file) if bytes.len() >= WRITE_BUFFER => file.write_all(bytes)?,
+            _ => self.buf.extend_from_slice(bytes),
+        }
         self.len += bytes.len() as u64;
         if self.len - self.synced >= WRITEBACK_EVERY {
             self.flush()?;
-            start_writeback(self.writer.get_ref(), self.synced, self.len - self.synced);
+            let (from, len) = (self.synced, self.len - self.synced);
+            start_writeback(self.file()?, from, len);
             self.synced = self.len;
         }
         Ok(())
@@ -251,11 +348,16 @@ impl Partial {
     /// Feed the bytes already in the file to `sink`, for a digest that must
     /// cover a partial file left by an earlier run.
     pub fn read_existing(&mut self, mut sink: impl FnMut(&[u8])) -> io::Result<()> {
+        if self.file.is_none() {
+            sink(&self.buf);
+            return Ok(());
+        }
         self.flush()?;
-        let file = self.writer.get_mut();
+        let len = self.len;
+        let file = self.file()?;
         file.seek(SeekFrom::Start(0))?;
         let mut buf = vec![0u8; WRITE_BUFFER];
-        let mut left = self.len;
+        let mut left = len;
         while left > 0 {
             let n = file.read(&mut buf[..WRITE_BUFFER.min(left as usize)])?;
             if n == 0 {
@@ -268,58 +370,268 @@ impl Partial {
         Ok(())
     }
 
-    /// Flush buffered bytes so a later run can resume them; the lock goes
+    /// Write out the bytes so a later run can resume them; the lock goes
     /// with the file handle.
     pub fn keep(mut self) -> io::Result<()> {
+        if self.file.is_none() && self.buf.is_empty() {
+            return Ok(());
+        }
         self.flush()
     }
 
     /// Remove the part file and its meta.
     pub fn discard(self) -> io::Result<()> {
-        let Partial { writer, part, meta, split, .. } = self;
-        drop(writer);
+        // Removed while still locked, so no other process starts on them.
+        let Partial { file, part, meta, split, meta_on_disk, .. } = self;
+        if file.is_none() {
+            return Ok(());
+        }
         if split {
             remove_if_exists(&meta_tmp(&meta))?;
         }
-        remove_if_exists(&meta)?;
-        remove_if_exists(&part)
+        if meta_on_disk {
+            remove_if_exists(&meta)?;
+        }
+        remove_if_exists(&part)?;
+        drop(file);
+        Ok(())
     }
 
-    /// Flush to disk and move into place (blocking: call off the runtime).
-    /// On failure the part file and its meta are removed: a file that
-    /// could not be flushed (ENOSPC, EIO) cannot be trusted for resume.
-    pub fn commit(self, dest: &Path, overwrite: bool) -> io::Result<Committed> {
-        let Partial { writer, part, meta, split, meta_on_disk, .. } = self;
-        if split {
-            remove_if_exists(&meta_tmp(&meta))?;
-        }
-        let result = flush_and_place(writer, &part, dest, overwrite);
-        let remove_meta = || if meta_on_disk { remove_if_exists(&meta) } else { Ok(()) };
-        let cleanup = match &result {
-            Ok(Committed::Renamed) => remove_meta(),
-            Ok(Committed::DestinationExists) | Err(_) => remove_meta().and(remove_if_exists(&part)),
+    /// End the download: the bytes still buffered go to the part file, or,
+    /// when there is none, stay in memory for [`Complete::stage`]. On
+    /// failure the part file and its meta are removed: a file that could
+    /// not be written (ENOSPC, EIO) cannot be trusted for resume.
+    pub fn finish(mut self) -> io::Result<Complete> {
+        let Some(mut file) = self.file.take() else {
+            let Partial { buf, part, meta, .. } = self;
+            return Ok(Complete::Buffered { bytes: buf, part, meta });
         };
-        let outcome = result?;
-        cleanup?;
-        sync_dir(dest)?;
-        Ok(outcome)
+        let written = file.write_all(&self.buf);
+        let Partial { part, meta, split, meta_on_disk, dev, .. } = self;
+        let staged = Staged { file, dev, names: Some(Names { part, meta, split, meta_on_disk }) };
+        match written {
+            Ok(()) => Ok(Complete::Staged(staged)),
+            Err(e) => {
+                staged.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Flush to disk and move into place, one file on its own (blocking:
+    /// call off the runtime). [`crate::commit`] does the same for many
+    /// files with one barrier.
+    pub fn commit(self, dest: &Path, overwrite: bool) -> io::Result<Committed> {
+        let committed = self.finish()?.stage(overwrite)?.sync()?.place(dest, overwrite)?;
+        if committed == Committed::Renamed {
+            sync_dir(dest)?;
+        }
+        Ok(committed)
     }
 }
 
-fn flush_and_place(
-    writer: BufWriter<File>,
-    part: &Path,
-    dest: &Path,
-    overwrite: bool,
-) -> io::Result<Committed> {
-    let file = writer.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()?;
-    if overwrite {
-        fs::rename(part, dest)?;
-        Ok(Committed::Renamed)
-    } else {
-        rename_no_replace(part, dest)
+/// A finished download.
+#[derive(Debug)]
+pub enum Complete {
+    /// In its part file.
+    Staged(Staged),
+    /// Never left the buffer: no file yet.
+    Buffered { bytes: Vec<u8>, part: PathBuf, meta: PathBuf },
+}
+
+impl Complete {
+    /// Have the bytes in a file, ready to be placed: an unnamed file
+    /// (`O_TMPFILE`) where the filesystem has them, which never needs a
+    /// name of its own, a lock or cleaning up after a crash; else (and to
+    /// replace a file, which a link cannot) a locked part file.
+    pub fn stage(self, overwrite: bool) -> io::Result<Staged> {
+        let (bytes, part, meta) = match self {
+            Complete::Staged(staged) => return Ok(staged),
+            Complete::Buffered { bytes, part, meta } => (bytes, part, meta),
+        };
+        if !overwrite {
+            let dir = match part.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            match unnamed(dir, &bytes) {
+                Ok(staged) => return Ok(staged),
+                Err(e) if unnamed_unsupported(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let Lock::Held { file, created, len, dev } = lock_part(&part, true)? else {
+            return Err(busy(&part));
+        };
+        if !created {
+            if len > 0 {
+                file.set_len(0)?;
+            }
+            remove_if_exists(&meta)?;
+        }
+        let staged =
+            Staged { file, dev, names: Some(Names { part, meta, split: false, meta_on_disk: false }) };
+        match staged.file.write_all_at(&bytes, 0) {
+            Ok(()) => Ok(staged),
+            Err(e) => {
+                staged.discard();
+                Err(e)
+            }
+        }
     }
+}
+
+/// A complete file waiting for its commit: its bytes are written, not yet
+/// known to be on disk, and it is not at its destination.
+#[derive(Debug)]
+pub struct Staged {
+    file: File,
+    dev: u64,
+    /// The part file and its meta; `None` for an unnamed file.
+    names: Option<Names>,
+}
+
+#[derive(Debug)]
+struct Names {
+    part: PathBuf,
+    meta: PathBuf,
+    split: bool,
+    meta_on_disk: bool,
+}
+
+impl Staged {
+    /// The filesystem the file is on (`st_dev`).
+    pub fn dev(&self) -> u64 {
+        self.dev
+    }
+
+    /// `fsync` the file; on failure it is removed.
+    pub fn sync(self) -> io::Result<Staged> {
+        match self.file.sync_all() {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                self.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Move the file onto `dest`, then let go of its lock. Its bytes must
+    /// be on disk already ([`Staged::sync`] or a barrier); making the move
+    /// itself durable is the caller's ([`sync_dir`] or a barrier). Without
+    /// `overwrite` an existing destination is kept and our copy removed.
+    pub fn place(self, dest: &Path, overwrite: bool) -> io::Result<Committed> {
+        let Staged { file, names, .. } = self;
+        let Some(Names { part, meta, split, meta_on_disk }) = names else {
+            debug_assert!(!overwrite, "a link cannot replace a file");
+            return link_unnamed(&file, dest);
+        };
+        // The meta goes first, so that it never outlives its part file.
+        if split {
+            remove_if_exists(&meta_tmp(&meta))?;
+        }
+        if meta_on_disk {
+            remove_if_exists(&meta)?;
+        }
+        let result = if overwrite {
+            fs::rename(&part, dest).map(|()| Committed::Renamed)
+        } else {
+            rename_no_replace(&part, dest)
+        };
+        let cleanup = match &result {
+            Ok(Committed::Renamed) => Ok(()),
+            Ok(Committed::DestinationExists) | Err(_) => remove_if_exists(&part),
+        };
+        drop(file);
+        let outcome = result?;
+        cleanup?;
+        Ok(outcome)
+    }
+
+    /// Remove the part file and its meta, best effort: for a failure that
+    /// is being reported already.
+    fn discard(self) {
+        let Staged { file, names, .. } = self;
+        if let Some(Names { part, meta, split, meta_on_disk }) = names {
+            if split {
+                let _ = remove_if_exists(&meta_tmp(&meta));
+            }
+            if meta_on_disk {
+                let _ = remove_if_exists(&meta);
+            }
+            let _ = remove_if_exists(&part);
+        }
+        drop(file);
+    }
+}
+
+/// A new file in `dir` with no name (`O_TMPFILE`, Linux 3.11+), holding
+/// `bytes`. A crash before it is linked leaves nothing behind.
+#[cfg(target_os = "linux")]
+fn unnamed(dir: &Path, bytes: &[u8]) -> io::Result<Staged> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).open(dir)?;
+    file.write_all(bytes)?;
+    let dev = file.metadata()?.dev();
+    Ok(Staged { file, dev, names: None })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unnamed(_dir: &Path, _bytes: &[u8]) -> io::Result<Staged> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Errors that mean "no unnamed files here", not "cannot write".
+fn unnamed_unsupported(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::Unsupported
+        || matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL))
+}
+
+/// Give an unnamed file the name `dest`, unless `dest` exists.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn link_unnamed(file: &File, dest: &Path) -> io::Result<Committed> {
+    use std::os::fd::AsRawFd;
+    let to = c_path(dest)?;
+    let linked = |rc: libc::c_int| match rc {
+        0 => Ok(Committed::Renamed),
+        _ => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EEXIST) => Ok(Committed::DestinationExists),
+            e => Err(e),
+        },
+    };
+    // SAFETY: an open descriptor, an empty path and a NUL-terminated one.
+    let rc = unsafe {
+        libc::linkat(file.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_EMPTY_PATH)
+    };
+    match linked(rc) {
+        // Before Linux 6.10, AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH and
+        // fails with ENOENT without it; /proc names the file for anyone.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            let proc = c_path(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
+            // SAFETY: both paths are NUL-terminated and outlive the call.
+            linked(unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            })
+        }
+        other => other,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_unnamed(_file: &File, _dest: &Path) -> io::Result<Committed> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
 }
 
 /// Move `part` to `dest` unless `dest` exists: `renameat2` with
@@ -328,10 +640,7 @@ fn flush_and_place(
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn rename_no_replace(part: &Path, dest: &Path) -> io::Result<Committed> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (from, to) = (c(part)?, c(dest)?);
+    let (from, to) = (c_path(part)?, c_path(dest)?);
     // SAFETY: both strings are NUL-terminated and outlive the call.
     let rc = unsafe {
         libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
@@ -375,7 +684,7 @@ fn link_no_replace(part: &Path, dest: &Path) -> io::Result<Committed> {
 }
 
 /// Make a rename in `path`'s directory durable.
-fn sync_dir(path: &Path) -> io::Result<()> {
+pub fn sync_dir(path: &Path) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -435,23 +744,29 @@ mod tests {
     }
 
     #[test]
-    fn lock_excludes_a_second_opener_and_commit_never_replaces() {
+    fn lock_excludes_a_second_writer_and_commit_never_replaces() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f");
-        let Opened::Locked(mut p) = Partial::open(&dest).unwrap() else { panic!("not locked") };
-        assert!(matches!(Partial::open(&dest).unwrap(), Opened::Busy));
+        let (part, meta) = part_paths(&dest);
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!("not locked") };
         p.restart(&Meta { url: "u".into(), etag: Some("\"e\"".into()), ..Meta::default() }).unwrap();
         p.write(b"hello").unwrap();
+        assert!(!part.exists(), "bytes that fit the buffer stay in memory");
         assert_eq!(p.meta(), None, "no meta before bytes reach the file");
+        let Opened::Locked(mut q) = Partial::open(&dest, true).unwrap() else {
+            panic!("nothing to lock yet")
+        };
         p.write(&[0; WRITE_BUFFER]).unwrap();
         assert_eq!(p.meta().unwrap().etag.as_deref(), Some("\"e\""));
+        assert!(matches!(Partial::open(&dest, true).unwrap(), Opened::Busy));
+        let err = q.write(&[1; WRITE_BUFFER + 1]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
         fs::write(&dest, b"old").unwrap();
         assert_eq!(p.commit(&dest, false).unwrap(), Committed::DestinationExists);
         assert_eq!(fs::read(&dest).unwrap(), b"old");
-        let (part, meta) = part_paths(&dest);
         assert!(!part.exists() && !meta.exists());
 
-        let Opened::Locked(mut p) = Partial::open(&dest).unwrap() else { panic!("not locked") };
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!("not locked") };
         p.write(b"new").unwrap();
         assert_eq!(p.commit(&dest, true).unwrap(), Committed::Renamed);
         assert_eq!(fs::read(&dest).unwrap(), b"new");
@@ -462,20 +777,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f");
         let meta = Meta { url: "u".into(), etag: Some("\"e\"".into()), ..Meta::default() };
-        let Opened::Locked(mut p) = Partial::open(&dest).unwrap() else { panic!() };
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
         p.restart(&meta).unwrap();
         p.write(b"small").unwrap();
         assert_eq!(p.commit(&dest, false).unwrap(), Committed::Renamed);
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["f"]);
+        assert_eq!(fs::read(&dest).unwrap(), b"small");
+        // Committed from memory, it still never replaces a file.
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
+        p.write(b"other").unwrap();
+        assert_eq!(p.commit(&dest, false).unwrap(), Committed::DestinationExists);
+        assert_eq!(fs::read(&dest).unwrap(), b"small");
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
+        p.write(b"newer").unwrap();
+        assert_eq!(p.commit(&dest, true).unwrap(), Committed::Renamed);
+        assert_eq!(fs::read(&dest).unwrap(), b"newer");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["f"]);
 
         // Kept for the next run, even a few bytes need their meta.
         let dest = dir.path().join("g");
-        let Opened::Locked(mut p) = Partial::open(&dest).unwrap() else { panic!() };
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
         p.restart(&meta).unwrap();
         p.write(b"few").unwrap();
         p.keep().unwrap();
-        let Opened::Locked(p) = Partial::open(&dest).unwrap() else { panic!() };
+        let Opened::Locked(p) = Partial::open(&dest, true).unwrap() else { panic!() };
         assert_eq!((p.len(), p.meta()), (3, Some(meta)));
     }
 
@@ -483,10 +810,10 @@ mod tests {
     fn kept_bytes_are_reopened_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f");
-        let Opened::Locked(mut p) = Partial::open(&dest).unwrap() else { panic!() };
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
         p.write(b"abc").unwrap();
         p.keep().unwrap();
-        let Opened::Locked(mut p) = Partial::open(&dest).unwrap() else { panic!() };
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
         assert_eq!(p.len(), 3);
         let mut seen = Vec::new();
         p.read_existing(|b| seen.extend_from_slice(b)).unwrap();

@@ -6,9 +6,12 @@
 //!
 //! [`run`] wires them together: a reader thread streams the manifest into a
 //! bounded channel, the dispatcher spawns at most a bounded number of
-//! downloads, and outcomes are handled one at a time as they finish.
+//! downloads, a committer thread ([`commit`]) makes finished files durable
+//! and puts them in place in batches, and outcomes are handled one at a time
+//! as they finish.
 
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod dest;
 pub mod download;
@@ -30,8 +33,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 
+use crate::commit::Committer;
 use crate::config::Config;
 use crate::download::Context;
 use crate::manifest::{Item, Reader};
@@ -60,7 +64,11 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         return Ok(plan::run(config, &reporter));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::Runtime)?;
-    runtime.block_on(run_async(config))
+    // On a worker, not the main thread: each finished download wakes the
+    // dispatcher, and a wake within the runtime costs no thread switch.
+    runtime.block_on(async {
+        tokio::spawn(run_async(config)).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    })
 }
 
 async fn run_async(config: Config) -> Result<Summary, Error> {
@@ -91,7 +99,7 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
 
     // A plain thread, not spawn_blocking: a read from a quiet pipe may block
     // forever and must not keep the runtime from shutting down.
-    let (tx, mut rx) = mpsc::channel(config.jobs.max(64));
+    let (tx, mut rx) = mpsc::channel(4);
     let sources = config.sources;
     std::thread::Builder::new()
         .name("manifest".into())
@@ -101,6 +109,7 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
     let ctx = Arc::new(Context {
         client,
         limits: Limits::new(config.jobs, config.per_host),
+        committer: Committer::start().map_err(Error::Runtime)?,
         split: config.split,
         destinations: Keyed::new(1),
         rules: config.rules,
@@ -112,8 +121,12 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
         shutdown: shutdown.clone(),
     });
     // Entries admitted ahead of a free slot, so that one slow host with
-    // --per-host does not idle the others; bounded, so memory stays flat.
-    let lookahead = config.jobs * 4 + 16;
+    // --per-host does not idle the others, and a slot that frees finds the
+    // next download ready; bounded (a task is about 5 KiB), so memory stays
+    // flat. Downloads waiting for their commit do not count, up to its
+    // backlog. At 16 jobs, 20,000 one-byte files took 0.97 s with 80 and
+    // 0.80 s with 336 (medians of 8).
+    let lookahead = config.jobs * 16 + 64;
 
     let mut summary = Summary::default();
     let mut tasks = JoinSet::new();
@@ -131,28 +144,49 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
             report = None;
         }
     };
+    let mut joined = |joined: Result<Option<Outcome>, JoinError>, summary: &mut Summary| match joined {
+        Ok(Some(outcome)) => finish(outcome, summary),
+        Ok(None) => {}
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    // Read, not yet started: the rest of the reader's last batch.
+    let mut unstarted = Vec::new().into_iter();
     loop {
-        if !reading && tasks.is_empty() {
-            break;
+        // Finished downloads first: each counts against the lookahead until
+        // joined, and a barrier finishes many at once.
+        while let Some(done) = tasks.try_join_next() {
+            joined(done, &mut summary);
         }
-        tokio::select! {
-            item = rx.recv(), if reading && tasks.len() < lookahead => match item {
-                None => reading = false,
-                Some(Item::Entry(entry)) => {
+        while tasks.len() < lookahead + ctx.committer.in_flight().min(commit::BACKLOG)
+            && let Some(item) = unstarted.next()
+        {
+            match item {
+                Item::Entry(entry) => {
                     tasks.spawn(download::download(*entry, ctx.clone()));
                 }
-                Some(Item::Invalid { location, error }) => finish(Outcome::invalid(location, error), &mut summary),
-                Some(Item::ReadFailed { source, error }) => {
+                Item::Invalid { location, error } => {
+                    joined(Ok(Some(Outcome::invalid(location, error))), &mut summary)
+                }
+                Item::ReadFailed { source, error } => {
                     reporter.error(&format_args!("cannot read manifest {source}: {error}"));
                     summary.manifest_error = true;
                 }
+            }
+        }
+        if !reading && unstarted.len() == 0 && tasks.is_empty() {
+            break;
+        }
+        tokio::select! {
+            items = rx.recv(), if reading && unstarted.len() == 0 => match items {
+                None => reading = false,
+                Some(items) => unstarted = items.into_iter(),
             },
-            Some(joined) = tasks.join_next() => match joined {
-                Ok(Some(outcome)) => finish(outcome, &mut summary),
-                Ok(None) => {}
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            },
-            () = shutdown.cancelled(), if reading => reading = false,
+            Some(done) = tasks.join_next() => joined(done, &mut summary),
+            () = shutdown.cancelled(), if reading || unstarted.len() > 0 => {
+                // Entries not started are left for the next run, unreported.
+                reading = false;
+                unstarted = Vec::new().into_iter();
+            }
         }
     }
     summary.interrupted = shutdown.signal();

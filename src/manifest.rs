@@ -130,35 +130,35 @@ pub struct Reader {
 
 impl Reader {
     /// Read every source in order on the calling (blocking) thread, sending
-    /// items until the receiver goes away.
-    pub fn read_all(&self, sources: Vec<Source>, tx: &mpsc::Sender<Item>) {
+    /// items in batches until the receiver goes away. A batch goes out when
+    /// it is full or when the next line is not read yet, so that a slow
+    /// pipe's lines are not held back.
+    pub fn read_all(&self, sources: Vec<Source>, tx: &mpsc::Sender<Vec<Item>>) {
+        let mut batch = Batcher { tx, items: Vec::with_capacity(BATCH) };
         for source in sources {
             let name = source.name.clone();
-            let mut send = |item| tx.blocking_send(item).is_ok();
-            match self.read_source(&name, source.reader, &mut send) {
+            match self.read_source(&name, source.reader, &mut batch) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(error) => {
-                    if !send(Item::ReadFailed { source: name, error }) {
+                    if !batch.item(Item::ReadFailed { source: name, error }) {
                         return;
                     }
                 }
             }
         }
+        batch.flush();
     }
 
     /// How many items (entries and invalid lines, in this shard) the files
     /// hold: the total for the progress display.
     pub fn count(&self, paths: &[PathBuf]) -> io::Result<u64> {
-        let mut total = 0u64;
+        let mut total = Counter(0);
         for path in paths {
             let name: Arc<str> = path.display().to_string().into();
-            self.read_source(&name, Box::new(File::open(path)?), &mut |_| {
-                total += 1;
-                true
-            })?;
+            self.read_source(&name, Box::new(File::open(path)?), &mut total)?;
         }
-        Ok(total)
+        Ok(total.0)
     }
 
     /// Parse one source, giving each item to `sink` until it returns false
@@ -167,13 +167,17 @@ impl Reader {
         &self,
         name: &Arc<str>,
         reader: Box<dyn Read + Send>,
-        sink: &mut dyn FnMut(Item) -> bool,
+        sink: &mut dyn Sink,
     ) -> io::Result<bool> {
         let mut reader = BufReader::with_capacity(64 * 1024, reader);
         let mut buf = Vec::with_capacity(256);
         let mut line_no = 0u64;
         loop {
             buf.clear();
+            if !reader.buffer().contains(&b'\n') && !sink.flush() {
+                // The next line needs a read, which may wait.
+                return Ok(false);
+            }
             let n = (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
             if n == 0 {
                 return Ok(true);
@@ -198,10 +202,54 @@ impl Reader {
                 Err(_) if self.shard.is_some_and(|s| !s.contains(shard_key(text))) => continue,
                 Err(error) => Item::Invalid { location: location(), error },
             };
-            if !sink(item) {
+            if !sink.item(item) {
                 return Ok(false);
             }
         }
+    }
+}
+
+/// Items in one message from the reader thread: one wakeup of the
+/// dispatcher for many lines.
+const BATCH: usize = 128;
+
+/// Where [`Reader::read_source`] puts what it parses; `false` stops it.
+trait Sink {
+    fn item(&mut self, item: Item) -> bool;
+    /// Deliver what is held back: the next line may be long in coming.
+    fn flush(&mut self) -> bool;
+}
+
+struct Batcher<'a> {
+    tx: &'a mpsc::Sender<Vec<Item>>,
+    items: Vec<Item>,
+}
+
+impl Sink for Batcher<'_> {
+    fn item(&mut self, item: Item) -> bool {
+        self.items.push(item);
+        self.items.len() < BATCH || self.flush()
+    }
+
+    fn flush(&mut self) -> bool {
+        if self.items.is_empty() {
+            return true;
+        }
+        let items = std::mem::replace(&mut self.items, Vec::with_capacity(BATCH));
+        self.tx.blocking_send(items).is_ok()
+    }
+}
+
+struct Counter(u64);
+
+impl Sink for Counter {
+    fn item(&mut self, _: Item) -> bool {
+        self.0 += 1;
+        true
+    }
+
+    fn flush(&mut self) -> bool {
+        true
     }
 }
 
@@ -402,12 +450,12 @@ mod tests {
         Reader { rules: rules(), shard: None }.read_all(sources, &tx);
         drop(tx);
         let mut seen = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            seen.push(match item {
+        while let Ok(items) = rx.try_recv() {
+            seen.extend(items.into_iter().map(|item| match item {
                 Item::Entry(e) => format!("{} ok {}", e.location, e.path),
                 Item::Invalid { location, .. } => format!("{location} invalid"),
                 Item::ReadFailed { .. } => "read failed".into(),
-            });
+            }));
         }
         assert_eq!(seen, ["m1:3 ok a", "m1:4 invalid", "m1:5 invalid", "m1:6 ok c", "m2:1 ok d"]);
     }

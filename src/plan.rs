@@ -20,14 +20,14 @@ use crate::report::Summary;
 
 pub fn run(config: Config, reporter: &Reporter) -> Summary {
     let reader = Reader { rules: config.rules.clone(), shard: config.shard };
-    let (tx, mut rx) = mpsc::channel(1024);
+    let (tx, mut rx) = mpsc::channel(8);
     let sources = config.sources;
     std::thread::spawn(move || reader.read_all(sources, &tx));
 
     let mut summary = Summary::default();
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut planned = 0u64;
-    while let Some(item) = rx.blocking_recv() {
+    for item in std::iter::from_fn(|| rx.blocking_recv()).flatten() {
         let written = match item {
             Item::Entry(entry) => {
                 let dest = entry.dest.display();

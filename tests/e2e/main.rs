@@ -96,3 +96,12 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Wait at most a minute for `child` to exit (killing it after that), and
+/// collect what it printed.
+pub fn finish(mut child: std::process::Child) -> Output {
+    if !wait_until(Duration::from_secs(60), || child.try_wait().unwrap().is_some()) {
+        let _ = child.kill();
+    }
+    child.wait_with_output().unwrap()
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::{Route, Server, content, fetch, fetch_std, files, run, wait_until, write};
+use crate::{Route, Server, content, fetch, fetch_std, files, finish, run, wait_until, write};
 
 /// Fast waits for tests that do not measure them.
 const FAST: [&str; 4] = ["--retry-delay", "10ms", "--retry-max-delay", "50ms"];
@@ -363,6 +363,71 @@ fn two_processes_on_one_manifest_never_share_a_file() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(std::fs::read(tmp.path().join("big")).unwrap(), body);
     assert_eq!(server.requests_to("/big").len(), 1, "the second process made no request");
+}
+
+#[test]
+fn a_small_file_interrupted_in_memory_is_kept_for_resume() {
+    // 100 kB fits the download buffer: nothing is on disk until the signal.
+    let server = Server::start();
+    let body = content(4, 100_000);
+    let slow = Route { throttle: Some((4096, Duration::from_millis(40))), ..Route::new(body.clone()) };
+    server.route("/s", slow);
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} sub/s\n", server.url("/s")));
+    let mut child = fetch_std(tmp.path()).arg("m.txt").stderr(Stdio::null()).spawn().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || server.body_bytes() >= 30_000),
+        "the download did not start"
+    );
+    assert!(!tmp.path().join("sub/s.fetch-part").exists(), "a small file is not on disk before its end");
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    assert!(status.unwrap().success());
+    assert!(
+        wait_until(Duration::from_secs(10), || child.try_wait().unwrap().is_some()),
+        "fetch did not stop"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let kept = std::fs::metadata(tmp.path().join("sub/s.fetch-part")).unwrap().len();
+    assert!(kept >= 20_000, "{kept} bytes kept");
+    assert!(tmp.path().join("sub/s.fetch-part.meta").exists());
+
+    server.route("/s", Route::new(body.clone()));
+    let out = run(fetch(tmp.path()).arg("m.txt"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read(tmp.path().join("sub/s")).unwrap(), body);
+    assert_eq!(range_start(&server.requests_to("/s").pop().unwrap()), Some(kept));
+    assert_eq!(files(&tmp.path().join("sub")), ["s"]);
+}
+
+#[test]
+fn another_process_in_a_directory_this_run_created_is_still_respected() {
+    // The first run makes `d`, so it looks for nothing in it; a second run
+    // starts on the same file meanwhile. Whichever writes its part file
+    // first downloads it; the other stands aside.
+    let server = Server::start();
+    let big = content(6, 4_000_000);
+    let throttle = Some((16 * 1024, Duration::from_millis(10)));
+    server.route("/big", Route { throttle, delay: Duration::from_millis(300), ..Route::new(big.clone()) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} d/big\n", server.url("/big")));
+    let spawn = || {
+        let mut cmd = fetch_std(tmp.path());
+        cmd.args(["--dir", "out", "m.txt"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let first = spawn();
+    assert!(wait_until(Duration::from_secs(20), || server.requests_to("/big").len() == 1));
+    let second = spawn();
+    let (first, second) = (finish(first), finish(second));
+    let stderr: Vec<_> = [&first, &second].map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).into();
+    assert_eq!((first.status.code(), second.status.code()), (Some(0), Some(0)), "{stderr:?}");
+    let stood_aside =
+        stderr.iter().filter(|e| e.contains("(being downloaded by another fetch process)")).count();
+    let downloaded = stderr.iter().filter(|e| e.contains("downloaded  out/d/big")).count();
+    assert_eq!((stood_aside, downloaded), (1, 1), "{stderr:?}");
+    assert_eq!(server.requests_to("/big").len(), 2);
+    assert_eq!(std::fs::read(tmp.path().join("out/d/big")).unwrap(), big);
+    assert_eq!(files(&tmp.path().join("out")), ["d/big"]);
 }
 
 /// Run `f` with `dir` mounted as a tmpfs with `opts`, if this process may mount.

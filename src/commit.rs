@@ -1,0 +1,425 @@
+//! Group commit: finished part files become destinations in batches.
+//!
+//! A finished file must be on disk before its rename, and the rename on disk
+//! before its entry is reported (SPEC "Each download"). One file at a time
+//! that is two `fsync`s each, the file's and its directory's, and on a disk
+//! where every flush is a round trip that dominates small files. So one
+//! committer thread takes finished files as they come, and while it works
+//! on one batch the next gathers:
+//!
+//! 1. one barrier, `syncfs(2)` on each filesystem involved, makes the data of
+//!    the whole batch durable, and with it the renames of the batch before;
+//! 2. the entries of the batch before are reported;
+//! 3. the batch is renamed into place, to be made durable by the next
+//!    barrier, the next batch's or one of its own when nothing else waits.
+//!
+//! This is git's `core.fsyncMethod=batch`, made sound on filesystems with no
+//! journal: `syncfs` writes every dirty inode and flushes the disk's cache
+//! itself, rather than trusting a journal commit to carry other files'
+//! metadata.
+//!
+//! Where a barrier cannot be trusted, files are committed one by one
+//! ([`Partial::commit`]):
+//! - a lone file with nothing else waiting: it should not wait for all the
+//!   filesystem's dirty data;
+//! - kernels before Linux 5.8, whose `syncfs` does not report write errors;
+//! - filesystems not known to be local (NFS, FUSE, ...);
+//! - once a barrier has reported an error, for the rest of the run: each
+//!   file's own `fsync` then tells which file the error belongs to.
+//!
+//! `syncfs` reports an error through the file descriptor it is called on,
+//! for errors since that descriptor was opened. The barrier's descriptor for
+//! a filesystem (its sentinel) is therefore opened by [`Committer::watch`]
+//! when the first destination directory on it is prepared, before any file
+//! of the run is written there.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::fsx::{self, Committed, Complete, Partial, Staged};
+
+/// Files in one batch at most: bounds how long a batch waits for its
+/// barrier, and the descriptors held meanwhile.
+pub const MAX_BATCH: usize = 512;
+
+/// Commits in flight that the dispatcher does not count against its
+/// lookahead: a file waits up to two barriers, and downloads must go on
+/// meanwhile, or each barrier would idle the network.
+pub const BACKLOG: usize = 2 * MAX_BATCH;
+
+/// Bytes of finished files waiting in memory for the committer to write
+/// them, in KiB. A download waits for room, holding its connection slot.
+const BUFFERED_KIB: usize = 32 * 1024;
+
+/// The handle downloads commit through; the committer thread ends when the
+/// last handle is dropped.
+#[derive(Debug)]
+pub struct Committer {
+    jobs: mpsc::Sender<Job<Complete>>,
+    /// `None` when barriers are never used (see [`barriers_supported`]).
+    sentinels: Option<Arc<Sentinels>>,
+    /// Room for bytes in memory, in KiB.
+    buffered: Arc<Semaphore>,
+    /// Commits submitted and not yet answered.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A submitted commit: [`Pending::wait`] for its outcome.
+#[derive(Debug)]
+pub struct Pending {
+    done: oneshot::Receiver<io::Result<Committed>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Pending {
+    /// Resolves once the file and its rename are durable.
+    pub async fn wait(mut self) -> io::Result<Committed> {
+        (&mut self.done).await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the commit thread has stopped")
+}
+
+/// The barrier's descriptor for each filesystem (`st_dev`) that has one.
+type Sentinels = Mutex<HashMap<u64, Arc<File>>>;
+
+#[derive(Debug)]
+struct Job<F> {
+    file: F,
+    dest: PathBuf,
+    overwrite: bool,
+    reply: oneshot::Sender<io::Result<Committed>>,
+    /// The memory the bytes take until they are written.
+    room: Option<OwnedSemaphorePermit>,
+}
+
+/// A file renamed into place whose rename awaits the next barrier.
+#[derive(Debug)]
+struct Placed {
+    dest: PathBuf,
+    dev: u64,
+    reply: oneshot::Sender<io::Result<Committed>>,
+}
+
+impl Committer {
+    /// Start the committer thread.
+    pub fn start() -> io::Result<Committer> {
+        let (jobs, queue) = mpsc::channel();
+        let sentinels = barriers_supported().then(Arc::default);
+        let thread = Thread { sentinels: sentinels.clone(), placed: Vec::new(), barrier: syncfs };
+        std::thread::Builder::new().name("commit".into()).spawn(move || thread.run(&queue))?;
+        Ok(Committer {
+            jobs,
+            sentinels,
+            buffered: Arc::new(Semaphore::new(BUFFERED_KIB)),
+            in_flight: Arc::default(),
+        })
+    }
+
+    /// Commits submitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Note a destination directory before files are created in it, so that
+    /// its filesystem has a sentinel for barriers.
+    pub fn watch(&self, dir: &Path) {
+        let Some(sentinels) = &self.sentinels else { return };
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let Ok(meta) = std::fs::metadata(dir) else { return };
+        let mut map = sentinels.lock().expect("sentinels poisoned");
+        if map.contains_key(&meta.dev()) {
+            return;
+        }
+        if let Ok(file) = File::open(dir)
+            && local_filesystem(&file)
+        {
+            map.insert(meta.dev(), Arc::new(file));
+        }
+    }
+
+    /// Hand `partial` over to be committed to `dest`. The last write of a
+    /// file that outgrew its buffer happens here, on the download's thread;
+    /// a file still in its buffer is written by the committer, so that the
+    /// runtime's threads stay free for the network. Waits while finished
+    /// files fill [`BUFFERED_KIB`].
+    pub async fn submit(&self, partial: Partial, dest: PathBuf, overwrite: bool) -> io::Result<Pending> {
+        let file = partial.finish()?;
+        let room = match &file {
+            Complete::Buffered { bytes, .. } => {
+                let kib = (bytes.len() / 1024).clamp(1, BUFFERED_KIB) as u32;
+                Some(self.buffered.clone().acquire_many_owned(kib).await.map_err(|_| stopped())?)
+            }
+            Complete::Staged(_) => None,
+        };
+        let (reply, done) = oneshot::channel();
+        self.jobs.send(Job { file, dest, overwrite, reply, room }).map_err(|_| stopped())?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(Pending { done, in_flight: self.in_flight.clone() })
+    }
+}
+
+struct Thread {
+    sentinels: Option<Arc<Sentinels>>,
+    /// Renamed, awaiting the next barrier.
+    placed: Vec<Placed>,
+    /// [`syncfs`]; another function in tests.
+    barrier: fn(&File) -> io::Result<()>,
+}
+
+impl Thread {
+    fn run(mut self, queue: &mpsc::Receiver<Job<Complete>>) {
+        loop {
+            let mut batch = Vec::new();
+            if self.placed.is_empty() {
+                // Nothing owed: wait for work, or end with the last handle.
+                match queue.recv() {
+                    Ok(job) => batch.push(job),
+                    Err(mpsc::RecvError) => return,
+                }
+            }
+            batch.extend(queue.try_iter().take(MAX_BATCH - batch.len()));
+            self.commit(batch);
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Job<Complete>>) {
+        let batch: Vec<_> = batch.into_iter().filter_map(stage).collect();
+        if batch.len() == 1 && self.placed.is_empty() {
+            batch.into_iter().for_each(commit_alone);
+            return;
+        }
+        let sentinels = self.sentinels_for(&batch);
+        let (barred, alone): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|job| sentinels.contains_key(&job.file.dev()));
+        alone.into_iter().for_each(commit_alone);
+        if barred.is_empty() && self.placed.is_empty() {
+            return;
+        }
+        if let Err(error) = sentinels.values().try_for_each(|file| (self.barrier)(file)) {
+            self.give_up_barriers(&error, barred);
+            return;
+        }
+        for placed in self.placed.drain(..) {
+            let _ = placed.reply.send(Ok(Committed::Renamed));
+        }
+        for Job { file, dest, overwrite, reply, .. } in barred {
+            let dev = file.dev();
+            match file.place(&dest, overwrite) {
+                Ok(Committed::Renamed) => self.placed.push(Placed { dest, dev, reply }),
+                other => {
+                    let _ = reply.send(other);
+                }
+            }
+        }
+    }
+
+    /// The sentinels of the filesystems that the batch and the files
+    /// awaiting a barrier are on.
+    fn sentinels_for(&self, batch: &[Job<Staged>]) -> HashMap<u64, Arc<File>> {
+        let Some(sentinels) = &self.sentinels else { return HashMap::new() };
+        let map = sentinels.lock().expect("sentinels poisoned");
+        let devs = batch.iter().map(|job| job.file.dev()).chain(self.placed.iter().map(|p| p.dev));
+        devs.filter_map(|dev| Some((dev, map.get(&dev)?.clone()))).collect()
+    }
+
+    /// A barrier failed: from now on every file is committed on its own, so
+    /// that an error is reported for the file it belongs to.
+    fn give_up_barriers(&mut self, error: &io::Error, batch: Vec<Job<Staged>>) {
+        self.sentinels = None;
+        // These files' bytes were durable before their renames; only the
+        // renames remain to be made so.
+        for Placed { dest, reply, .. } in self.placed.drain(..) {
+            let result = fsx::sync_dir(&dest).map(|()| Committed::Renamed);
+            let _ = reply.send(result.map_err(|e| io::Error::new(e.kind(), format!("{e} (after: {error})"))));
+        }
+        batch.into_iter().for_each(commit_alone);
+    }
+}
+
+/// Have the job's bytes in a file, or answer it with why not.
+fn stage(job: Job<Complete>) -> Option<Job<Staged>> {
+    let Job { file, dest, overwrite, reply, room } = job;
+    let staged = file.stage(overwrite);
+    drop(room);
+    match staged {
+        Ok(file) => Some(Job { file, dest, overwrite, reply, room: None }),
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            None
+        }
+    }
+}
+
+/// fsync the file, rename it, fsync its directory.
+fn commit_alone(job: Job<Staged>) {
+    let Job { file, dest, overwrite, reply, .. } = job;
+    let result = file.sync().and_then(|file| file.place(&dest, overwrite)).and_then(|committed| {
+        if committed == Committed::Renamed {
+            fsx::sync_dir(&dest)?;
+        }
+        Ok(committed)
+    });
+    let _ = reply.send(result);
+}
+
+/// Whether `syncfs` reports write errors: Linux 5.8 and later.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn barriers_supported() -> bool {
+    // SAFETY: uname fills the zeroed struct it is given.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return false;
+    }
+    // SAFETY: uname NUL-terminates release.
+    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
+    let mut numbers = release.to_str().unwrap_or("").split(['.', '-']).map(|n| n.parse::<u32>().ok());
+    matches!((numbers.next().flatten(), numbers.next().flatten()), (Some(major), Some(minor)) if (major, minor) >= (5, 8))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn barriers_supported() -> bool {
+    false
+}
+
+/// Filesystems on local disks, whose `syncfs` writes and flushes
+/// everything; on network and FUSE filesystems a file's own `fsync` is the
+/// one reliable promise.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn local_filesystem(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const LOCAL: [i64; 6] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0xCA45_1A4E, // bcachefs
+    ];
+    // SAFETY: fstatfs fills the zeroed struct; the descriptor is open.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    LOCAL.contains(&(stat.f_type as i64))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn local_filesystem(_file: &File) -> bool {
+    false
+}
+
+/// Write out every dirty inode of `file`'s filesystem and flush the disk's
+/// cache; reports write errors since `file` was opened.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn syncfs(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn syncfs(_file: &File) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsx::Opened;
+
+    /// A job for `dest` holding `bytes` in memory, and its answer.
+    fn job(dest: &Path, bytes: &[u8]) -> (Job<Complete>, oneshot::Receiver<io::Result<Committed>>) {
+        let Ok(Opened::Locked(mut partial)) = Partial::open(dest, true) else { panic!("not locked") };
+        partial.write(bytes).unwrap();
+        let (reply, done) = oneshot::channel();
+        let file = partial.finish().unwrap();
+        (Job { file, dest: dest.to_owned(), overwrite: false, reply, room: None }, done)
+    }
+
+    fn thread(dir: &Path, barrier: fn(&File) -> io::Result<()>) -> Thread {
+        let sentinel = File::open(dir).unwrap();
+        let dev = sentinel.metadata().unwrap().dev();
+        let sentinels = Arc::new(Mutex::new(HashMap::from([(dev, Arc::new(sentinel))])));
+        Thread { sentinels: Some(sentinels), placed: Vec::new(), barrier }
+    }
+
+    #[test]
+    fn a_batch_is_answered_only_after_the_barrier_that_follows_its_renames() {
+        static BARRIERS: AtomicUsize = AtomicUsize::new(0);
+        fn counting(file: &File) -> io::Result<()> {
+            BARRIERS.fetch_add(1, Ordering::SeqCst);
+            syncfs(file)
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut thread = thread(dir.path(), counting);
+        let (jobs, mut answers): (Vec<_>, Vec<_>) =
+            (0..3).map(|i| job(&dir.path().join(format!("f{i}")), format!("body {i}").as_bytes())).unzip();
+        thread.commit(jobs);
+        assert_eq!(BARRIERS.load(Ordering::SeqCst), 1);
+        assert_eq!(std::fs::read(dir.path().join("f2")).unwrap(), b"body 2", "renamed after the barrier");
+        assert!(answers.iter_mut().all(|a| a.try_recv().is_err()), "answered before the renames are durable");
+        thread.commit(Vec::new());
+        assert_eq!(BARRIERS.load(Ordering::SeqCst), 2);
+        for mut answer in answers {
+            assert_eq!(answer.try_recv().unwrap().unwrap(), Committed::Renamed);
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 3, "no part files left: {names:?}");
+    }
+
+    #[test]
+    fn after_a_failed_barrier_files_are_committed_one_by_one() {
+        fn failing(_: &File) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut thread = thread(dir.path(), failing);
+        let (first, first_answer) = job(&dir.path().join("a"), b"a");
+        let (second, second_answer) = job(&dir.path().join("b"), b"b");
+        thread.commit(vec![first, second]);
+        assert!(thread.sentinels.is_none(), "barriers are given up for the run");
+        // Each file had its own fsync, which succeeded: both are in place.
+        for (mut answer, name) in [(first_answer, "a"), (second_answer, "b")] {
+            assert_eq!(answer.try_recv().unwrap().unwrap(), Committed::Renamed);
+            assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), name.as_bytes());
+        }
+        // A lone file, or a batch, no longer waits for a barrier.
+        let (third, mut third_answer) = job(&dir.path().join("c"), b"c");
+        let (fourth, mut fourth_answer) = job(&dir.path().join("d"), b"d");
+        thread.commit(vec![third, fourth]);
+        assert_eq!(third_answer.try_recv().unwrap().unwrap(), Committed::Renamed);
+        assert_eq!(fourth_answer.try_recv().unwrap().unwrap(), Committed::Renamed);
+    }
+
+    #[test]
+    fn an_existing_destination_is_kept_and_answered_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut thread = thread(dir.path(), syncfs);
+        std::fs::write(dir.path().join("taken"), b"old").unwrap();
+        let (taken, mut taken_answer) = job(&dir.path().join("taken"), b"new");
+        let (free, _) = job(&dir.path().join("free"), b"new");
+        thread.commit(vec![taken, free]);
+        assert_eq!(taken_answer.try_recv().unwrap().unwrap(), Committed::DestinationExists);
+        assert_eq!(std::fs::read(dir.path().join("taken")).unwrap(), b"old");
+    }
+}
