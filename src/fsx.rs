@@ -45,7 +45,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// Dirty bytes of one file after which their writeback is started, as
 /// RocksDB's `bytes_per_sync` does: the disk works while the network does,
 /// and the fsync before the rename finds little left to write.
-pub const WRITEBACK_EVERY: u64 = 8 << 20;
+pub const WRITEBACK_EVERY: u64 = 2 << 20;
 
 /// What a partial file's bytes are a prefix of.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,6 +71,8 @@ struct Counters {
     failed: AtomicU64,
     bytes: AtomicU64,
     total_files: AtomicU64,
+    /// Transfers under way: [`TransferProgress`] handles alive.
+    transfers: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -101,6 +103,7 @@ impl Reporter {
 
     /// A handle for one transfer's byte counts.
     pub fn transfer(&self, dest: &Path) -> TransferProgress {
+        self.counters.transfers.fetch_add(1, Ordering::Relaxed);
         TransferProgress {
             verbose: self.verbosity >= Verbosity::Verbose,
             dest: dest.display().to_string(),
@@ -224,6 +227,11 @@ impl TransferProgress {
         }
     }
 
+    /// Bytes the whole run has received, and the transfers under way.
+    pub fn run_traffic(&self) -> (u64, u64) {
+        (self.counters.bytes.load(Ordering::Relaxed), self.counters.transfers.load(Ordering::Relaxed))
+    }
+
     pub fn advance(&self, bytes: u64) {
         self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
         if let Some(Some(bar)) = self.bar.get() {
@@ -266,6 +274,7 @@ impl TransferProgress {
 
 impl Drop for TransferProgress {
     fn drop(&mut self) {
+        self.counters.transfers.fetch_sub(1, Ordering::Relaxed);
         if let (Some(bars), Some(Some(bar))) = (&self.bars, self.bar.take()) {
             bars.release(bar);
         }

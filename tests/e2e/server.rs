@@ -84,6 +84,8 @@ pub struct Logged {
     pub cut: Option<usize>,
     /// The body was to stall.
     pub stalled: bool,
+    /// When the response started.
+    pub at: std::time::Instant,
 }
 
 impl Logged {
@@ -286,6 +288,7 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         status,
         cut: logged_cut,
         stalled,
+        at: std::time::Instant::now(),
     });
     Ok(response)
 }

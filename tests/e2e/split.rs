@@ -240,6 +240,33 @@ fn an_idle_connection_takes_over_half_of_a_slow_range() {
 }
 
 #[test]
+fn a_file_outpaced_by_the_others_splits_only_once_they_are_done() {
+    // `/slow` alone would split at once (16 s on one connection), but while
+    // `/fast` takes most of what the run receives, the bottleneck is shared
+    // and more connections cannot help.
+    let server = Server::start();
+    let slow = content(29, 16 * MIB);
+    server
+        .route("/slow", Route { throttle: Some((64 * 1024, Duration::from_millis(60))), ..throttled(&slow) });
+    let fast = content(30, 32 * MIB);
+    server
+        .route("/fast", Route { throttle: Some((256 * 1024, Duration::from_millis(8))), ..throttled(&fast) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} slow\n{} fast\n", server.url("/slow"), server.url("/fast")));
+    let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("slow")).unwrap() == slow);
+    assert!(out.stderr.contains("split       slow: 16 connections"), "{}", out.stderr);
+    assert!(!out.stderr.contains("split       fast"), "{}", out.stderr);
+    // 128 chunks 8 ms apart: `/fast` takes over a second.
+    let fast_started = server.requests_to("/fast")[0].at;
+    let ranges: Vec<_> = server.requests_to("/slow").into_iter().filter(|l| l.range().is_some()).collect();
+    assert!(ranges.len() >= 7, "{ranges:?}");
+    let first_range = ranges[0].at.duration_since(fast_started);
+    assert!(first_range >= Duration::from_millis(900), "split {first_range:?} into /fast");
+}
+
+#[test]
 fn small_files_and_one_connection_per_file_are_not_split() {
     let server = Server::start();
     let body = content(28, 4 * MIB);
