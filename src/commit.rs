@@ -243,10 +243,20 @@ impl Thread {
     fn give_up_barriers(&mut self, error: &io::Error, batch: Vec<Job<Staged>>) {
         self.sentinels = None;
         // These files' bytes were durable before their renames; only the
-        // renames remain to be made so.
+        // renames remain to be made so. One fsync per directory: a write
+        // error is reported to the first descriptor that checks, so every
+        // entry of a directory takes that one answer.
+        let mut dirs: HashMap<PathBuf, Option<(io::ErrorKind, String)>> = HashMap::new();
         for Placed { dest, reply, .. } in self.placed.drain(..) {
-            let result = fsx::sync_dir(&dest).map(|()| Committed::Renamed);
-            let _ = reply.send(result.map_err(|e| io::Error::new(e.kind(), format!("{e} (after: {error})"))));
+            let dir = dest.parent().map(Path::to_owned).unwrap_or_default();
+            let synced = dirs.entry(dir).or_insert_with(|| {
+                fsx::sync_dir(&dest).err().map(|e| (e.kind(), format!("{e} (after a barrier failed: {error})")))
+            });
+            let result = match synced {
+                None => Ok(Committed::Renamed),
+                Some((kind, text)) => Err(io::Error::new(*kind, text.clone())),
+            };
+            let _ = reply.send(result);
         }
         batch.into_iter().for_each(commit_alone);
     }
@@ -266,16 +276,10 @@ fn stage(job: Job<Complete>) -> Option<Job<Staged>> {
     }
 }
 
-/// fsync the file, rename it, fsync its directory.
+/// fsync the file, move it into place, make the move durable.
 fn commit_alone(job: Job<Staged>) {
     let Job { file, dest, overwrite, reply, .. } = job;
-    let result = file.sync().and_then(|file| file.place(&dest, overwrite)).and_then(|committed| {
-        if committed == Committed::Renamed {
-            fsx::sync_dir(&dest)?;
-        }
-        Ok(committed)
-    });
-    let _ = reply.send(result);
+    let _ = reply.send(file.sync().and_then(|file| file.place_durably(&dest, overwrite)));
 }
 
 /// Whether `syncfs` reports write errors: Linux 5.8 and later.

@@ -54,8 +54,8 @@ pub struct Parent<'a> {
     pub dir: &'a Path,
     /// The first time this run prepared it.
     pub first: bool,
-    /// Created by this run, so it holds nothing from before: no
-    /// destination to skip, no partial file to resume.
+    /// Created by this run, so it holds no partial file of an earlier run
+    /// to resume.
     pub fresh: bool,
 }
 
@@ -124,13 +124,6 @@ impl Rules {
     pub fn planned(dir: PathBuf, allow_escape: bool) -> io::Result<Self> {
         let canonical_dir = std::path::absolute(&dir)?;
         Ok(Rules { dir, canonical_dir, allow_escape, prepared: Arc::default() })
-    }
-
-    /// Whether the destination's directory was created by this run, as far
-    /// as [`Rules::prepare_parent`] has seen.
-    pub fn in_fresh_dir(&self, dest: &Path) -> bool {
-        let Some(parent) = dest.parent() else { return false };
-        self.prepared.lock().expect("prepared set poisoned").get(parent).copied().unwrap_or(false)
     }
 
     /// Create the destination's missing parent directories, first making

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::commit::Committer;
 use crate::dest::{PrepareError, Rules};
-use crate::fsx::{Committed, Opened, Partial};
+use crate::fsx::{Committed, LockedElsewhere, Opened, Partial};
 use crate::manifest::{Entry, LineError, Location};
 use crate::pool::{Keyed, Limits, Slot};
 use crate::progress::Reporter;
@@ -74,12 +74,11 @@ impl DownloadError {
     /// Another fetch process took the part file after this one looked for
     /// it (see [`Partial::open`]): that process has the entry.
     fn is_locked_by_other_process(&self) -> bool {
-        let io = match self {
-            DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => e,
-            DownloadError::Partial { source, .. } => source,
-            _ => return false,
-        };
-        io.kind() == std::io::ErrorKind::ResourceBusy
+        match self {
+            DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => LockedElsewhere::is(e),
+            DownloadError::Partial { source, .. } => LockedElsewhere::is(source),
+            _ => false,
+        }
     }
 }
 
@@ -157,8 +156,7 @@ fn exists(path: &Path) -> bool {
 
 async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result<Done, DownloadError> {
     let dest = &entry.dest;
-    // In a directory this run made, nothing can be in place already.
-    if !ctx.overwrite && !ctx.rules.in_fresh_dir(dest) && exists(dest) {
+    if !ctx.overwrite && exists(dest) {
         return Ok(Done::Skipped(SkipReason::Exists));
     }
     // Entries of this run that share a destination go one at a time; a later

@@ -171,11 +171,21 @@ fn lock_part(part: &Path, create: bool) -> io::Result<Lock> {
     }
 }
 
+/// The part file was locked by another process after this one looked for
+/// it: that process has the entry. Carried inside an `io::Error`.
+#[derive(Debug, thiserror::Error)]
+#[error("another fetch process is writing {}", .0.display())]
+pub struct LockedElsewhere(PathBuf);
+
+impl LockedElsewhere {
+    /// Whether `error` is one.
+    pub fn is(error: &io::Error) -> bool {
+        error.get_ref().is_some_and(|inner| inner.is::<LockedElsewhere>())
+    }
+}
+
 fn busy(part: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ResourceBusy,
-        format!("another fetch process is writing {}", part.display()),
-    )
+    io::Error::new(io::ErrorKind::ResourceBusy, LockedElsewhere(part.to_owned()))
 }
 
 impl Partial {
@@ -422,11 +432,7 @@ impl Partial {
     /// call off the runtime). [`crate::commit`] does the same for many
     /// files with one barrier.
     pub fn commit(self, dest: &Path, overwrite: bool) -> io::Result<Committed> {
-        let committed = self.finish()?.stage(overwrite)?.sync()?.place(dest, overwrite)?;
-        if committed == Committed::Renamed {
-            sync_dir(dest)?;
-        }
-        Ok(committed)
+        self.finish()?.stage(overwrite)?.sync()?.place_durably(dest, overwrite)
     }
 }
 
@@ -521,10 +527,30 @@ impl Staged {
     /// itself durable is the caller's ([`sync_dir`] or a barrier). Without
     /// `overwrite` an existing destination is kept and our copy removed.
     pub fn place(self, dest: &Path, overwrite: bool) -> io::Result<Committed> {
+        self.place_keeping(dest, overwrite).map(|(committed, _)| committed)
+    }
+
+    /// [`Staged::place`], then make the move durable by itself: an `fsync`
+    /// of the directory and, for a file that had no name, of the file,
+    /// whose link count the move changed (a filesystem without a journal
+    /// writes that inode only then).
+    pub fn place_durably(self, dest: &Path, overwrite: bool) -> io::Result<Committed> {
+        let unnamed = self.names.is_none();
+        let (committed, file) = self.place_keeping(dest, overwrite)?;
+        if committed == Committed::Renamed {
+            if unnamed {
+                file.sync_all()?;
+            }
+            sync_dir(dest)?;
+        }
+        Ok(committed)
+    }
+
+    fn place_keeping(self, dest: &Path, overwrite: bool) -> io::Result<(Committed, File)> {
         let Staged { file, names, .. } = self;
         let Some(Names { part, meta, split, meta_on_disk }) = names else {
             debug_assert!(!overwrite, "a link cannot replace a file");
-            return link_unnamed(&file, dest);
+            return link_unnamed(&file, dest).map(|committed| (committed, file));
         };
         // The meta goes first, so that it never outlives its part file.
         if split {
@@ -542,10 +568,9 @@ impl Staged {
             Ok(Committed::Renamed) => Ok(()),
             Ok(Committed::DestinationExists) | Err(_) => remove_if_exists(&part),
         };
-        drop(file);
         let outcome = result?;
         cleanup?;
-        Ok(outcome)
+        Ok((outcome, file))
     }
 
     /// Remove the part file and its meta, best effort: for a failure that
@@ -760,7 +785,7 @@ mod tests {
         assert_eq!(p.meta().unwrap().etag.as_deref(), Some("\"e\""));
         assert!(matches!(Partial::open(&dest, true).unwrap(), Opened::Busy));
         let err = q.write(&[1; WRITE_BUFFER + 1]).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
+        assert!(LockedElsewhere::is(&err), "{err}");
         fs::write(&dest, b"old").unwrap();
         assert_eq!(p.commit(&dest, false).unwrap(), Committed::DestinationExists);
         assert_eq!(fs::read(&dest).unwrap(), b"old");

@@ -237,6 +237,24 @@ fn one_destination_twice_downloads_once() {
 }
 
 #[test]
+fn a_destination_named_again_much_later_is_skipped_without_a_request() {
+    // In a directory this run created, long after the first entry is done.
+    let server = Server::start();
+    server.file("/a", 1, 100);
+    server.file("/b", 2, 100);
+    server.file("/c", 3, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let between: String = (0..300).map(|i| format!("{} sub/c{i}\n", server.url("/c"))).collect();
+    let manifest = format!("{} sub/same\n{between}{} sub/same\n", server.url("/a"), server.url("/b"));
+    write(tmp.path(), "m.txt", &manifest);
+    let out = run(fetch(tmp.path()).args(["-j", "1", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("301 downloaded, 1 skipped, 0 failed"), "{}", out.stderr);
+    assert!(server.requests_to("/b").is_empty(), "the later entry makes no request");
+    assert_eq!(std::fs::read(tmp.path().join("sub/same")).unwrap(), crate::content(1, 100));
+}
+
+#[test]
 fn verification_failures_leave_no_destination() {
     let server = Server::start();
     let body = server.file("/f", 1, 1000);
