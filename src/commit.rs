@@ -250,7 +250,9 @@ impl Thread {
         for Placed { dest, reply, .. } in self.placed.drain(..) {
             let dir = dest.parent().map(Path::to_owned).unwrap_or_default();
             let synced = dirs.entry(dir).or_insert_with(|| {
-                fsx::sync_dir(&dest).err().map(|e| (e.kind(), format!("{e} (after a barrier failed: {error})")))
+                fsx::sync_dir(&dest)
+                    .err()
+                    .map(|e| (e.kind(), format!("{e} (after a barrier failed: {error})")))
             });
             let result = match synced {
                 None => Ok(Committed::Renamed),

@@ -23,7 +23,7 @@ use crate::commit::Committer;
 use crate::dest::{PrepareError, Rules};
 use crate::fsx::{Committed, LockedElsewhere, Opened, Partial};
 use crate::manifest::{Entry, LineError, Location};
-use crate::pool::{Keyed, Limits, Slot};
+use crate::pool::{Clients, Keyed, Limits, Slot};
 use crate::progress::Reporter;
 use crate::progress::TransferProgress;
 use crate::redact;
@@ -36,7 +36,7 @@ use crate::transfer::{self, AttemptError, Attempted, State, Target};
 /// What every download of a run shares.
 #[derive(Debug)]
 pub struct Context {
-    pub client: reqwest::Client,
+    pub clients: Clients,
     pub limits: Limits,
     pub committer: Committer,
     pub split: Option<SplitPolicy>,
@@ -75,7 +75,9 @@ impl DownloadError {
     /// it (see [`Partial::open`]): that process has the entry.
     fn is_locked_by_other_process(&self) -> bool {
         match self {
-            DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => LockedElsewhere::is(e),
+            DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => {
+                LockedElsewhere::is(e)
+            }
             DownloadError::Partial { source, .. } => LockedElsewhere::is(source),
             _ => false,
         }
@@ -206,7 +208,7 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
     let headers = merged_headers(&ctx.headers, &entry.headers);
     let split = ctx.split.filter(|p| entry.size.is_none_or(|size| size >= p.min_size));
     let mut target =
-        Target { client: &ctx.client, url: &entry.url, headers: &headers, size: entry.size, split };
+        Target { clients: &ctx.clients, url: &entry.url, headers: &headers, size: entry.size, split };
     let progress = Arc::new(ctx.reporter.transfer(dest));
     let mut schedule = ctx.retry.schedule();
     let mut failures = 0u32;

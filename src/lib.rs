@@ -91,7 +91,7 @@ fn raise_open_file_limit() {
 async fn run_async(config: Config) -> Result<Summary, Error> {
     let started = Instant::now();
     let shutdown = Shutdown::install().map_err(Error::Runtime)?;
-    let client = pool::client(&config).map_err(Error::Client)?;
+    let clients = pool::Clients::new(&config).map_err(Error::Client)?;
     let mut report = match &config.report {
         Some(path) => Some(
             Report::open(path)
@@ -124,7 +124,7 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
         .map_err(Error::Runtime)?;
 
     let ctx = Arc::new(Context {
-        client,
+        clients,
         limits: Limits::new(config.jobs, config.per_host),
         committer: Committer::start().map_err(Error::Runtime)?,
         split: config.split,

@@ -221,7 +221,7 @@ impl Shared {
 
     fn target(&self) -> Target<'_> {
         Target {
-            client: &self.ctx.client,
+            clients: &self.ctx.clients,
             url: &self.job.url,
             headers: &self.job.headers,
             size: None,

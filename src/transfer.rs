@@ -27,10 +27,11 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Client, Response, StatusCode, Url};
+use reqwest::{Response, StatusCode, Url};
 use sha2::{Digest, Sha256};
 
 use crate::fsx::{Meta, Partial};
+use crate::pool::Clients;
 use crate::progress::TransferProgress;
 use crate::redact;
 use crate::retry::{self, Class};
@@ -161,7 +162,7 @@ impl AttemptError {
 /// What one attempt is about.
 #[derive(Debug)]
 pub struct Target<'a> {
-    pub client: &'a Client,
+    pub clients: &'a Clients,
     pub url: &'a Url,
     /// `-H` and manifest headers together.
     pub headers: &'a HeaderMap,
@@ -344,7 +345,8 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
     let mut url = target.url.clone();
     for hop in 0..=MAX_REDIRECTS {
         let same_origin = url.origin() == origin;
-        let mut request = target.client.get(url.clone());
+        let client = target.clients.for_url(&url).map_err(AttemptError::Http)?;
+        let mut request = client.get(url.clone());
         if same_origin {
             request = request.headers(target.headers.clone());
             if hop > 0 && target.url.password().is_some() {

@@ -447,6 +447,31 @@ fn tls_certificates_are_verified_unless_insecure() {
     let out = run(fetch(tmp.path()).args(["--insecure", "m.txt"]));
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), body);
+
+    // From plain http to https within one attempt.
+    let plain = Server::start();
+    plain.route("/r", Route { redirect: Some(server.url("/f")), ..Route::default() });
+    write(tmp.path(), "m.txt", &format!("{} r\n", plain.url("/r")));
+    let out = run(fetch(tmp.path()).args(["--insecure", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read(tmp.path().join("r")).unwrap(), body);
+}
+
+#[test]
+fn plain_http_needs_no_ca_certificates_and_https_without_them_fails_clearly() {
+    let server = Server::start();
+    let body = server.file("/f", 1, 100);
+    let tls = Server::start_tls();
+    tls.file("/g", 2, 100);
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{}\n{}\n", server.url("/f"), tls.url("/g")));
+    let none = tmp.path().join("no-such-certificates");
+    let out = run(fetch(tmp.path()).env("SSL_CERT_FILE", &none).env("SSL_CERT_DIR", &none).arg("m.txt"));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), body);
+    assert!(out.stderr.contains("No CA certificates were loaded"), "{}", out.stderr);
+    assert!(!tmp.path().join("g").exists());
+    assert!(tls.log().is_empty());
 }
 
 #[test]
