@@ -42,6 +42,9 @@ const META_TMP_SUFFIX: &str = ".fetch-part.meta.tmp";
 const NAME_MAX: usize = 255;
 /// Big enough that a 16 KiB file is one write and a large one few syscalls.
 const WRITE_BUFFER: usize = 256 * 1024;
+/// A chunk at least this large is written as it is, not copied into the
+/// buffer first: on a fast link hyper hands over chunks of hundreds of KiB.
+pub const DIRECT_WRITE: usize = 64 * 1024;
 /// Dirty bytes of one file after which their writeback is started, as
 /// RocksDB's `bytes_per_sync` does: the disk works while the network does,
 /// and the fsync before the rename finds little left to write.
@@ -337,12 +340,13 @@ impl Partial {
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.buf.len() + bytes.len() > WRITE_BUFFER {
+        let direct = self.file.is_some() && bytes.len() >= DIRECT_WRITE;
+        if direct || self.buf.len() + bytes.len() > WRITE_BUFFER {
+            // The meta and the buffered bytes go first.
             self.flush()?;
         }
         match &mut self.file {
-            // A chunk as big as the buffer gains nothing from a copy.
-            Some(file) if bytes.len() >= WRITE_BUFFER => file.write_all(bytes)?,
+            Some(file) if bytes.len() >= DIRECT_WRITE => file.write_all(bytes)?,
             _ => self.buf.extend_from_slice(bytes),
         }
         self.len += bytes.len() as u64;
@@ -846,5 +850,23 @@ mod tests {
         p.commit(&dest, false).unwrap();
         assert_eq!(seen, b"abc");
         assert_eq!(fs::read(&dest).unwrap(), b"abcde");
+    }
+
+    #[test]
+    fn a_large_chunk_written_as_it_is_still_follows_its_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
+        p.write(b"old").unwrap();
+        p.keep().unwrap();
+        let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
+        let meta = Meta { url: "u".into(), etag: Some("\"e\"".into()), ..Meta::default() };
+        p.restart(&meta).unwrap();
+        p.write(b"a").unwrap();
+        p.write(&[7; DIRECT_WRITE]).unwrap();
+        assert_eq!(p.meta(), Some(meta), "bytes on disk without their meta");
+        assert_eq!(fs::metadata(part_paths(&dest).0).unwrap().len(), 1 + DIRECT_WRITE as u64);
+        p.commit(&dest, false).unwrap();
+        assert_eq!(fs::read(&dest).unwrap().len(), 1 + DIRECT_WRITE);
     }
 }

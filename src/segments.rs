@@ -33,7 +33,7 @@ use reqwest::{Response, Url};
 use tokio::task::JoinSet;
 
 use crate::download::Context;
-use crate::fsx::{Meta, Partial, WRITEBACK_EVERY};
+use crate::fsx::{DIRECT_WRITE, Meta, Partial, WRITEBACK_EVERY};
 use crate::pool::Slot;
 use crate::progress::TransferProgress;
 use crate::retry::Class;
@@ -491,7 +491,15 @@ async fn stream(
         let Some(chunk) = chunk else { break };
         shared.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         let (take, complete) = shared.table().take(i, chunk.len() as u64);
-        buffer.extend_from_slice(&chunk[..take as usize]);
+        let bytes = &chunk[..take as usize];
+        if bytes.len() >= DIRECT_WRITE {
+            // Large chunks (a fast link's) go to the file as they are: a
+            // copy into the buffer cost 0.1 s of CPU per GiB.
+            flush(shared, i, buffer).map_err(AttemptError::Disk)?;
+            write_at(shared, i, bytes).map_err(AttemptError::Disk)?;
+        } else {
+            buffer.extend_from_slice(bytes);
+        }
         shared.progress.advance(take);
         if complete {
             return Ok(());
@@ -510,14 +518,22 @@ fn flush(shared: &Shared, i: usize, buffer: &mut Vec<u8>) -> std::io::Result<()>
     if buffer.is_empty() {
         return Ok(());
     }
+    let result = write_at(shared, i, buffer);
+    buffer.clear();
+    result
+}
+
+/// Write the next bytes of piece `i` (those after its written ones) at
+/// their offset.
+fn write_at(shared: &Shared, i: usize, bytes: &[u8]) -> std::io::Result<()> {
     let at = shared.table().pieces[i].written;
-    let result = shared.file.write_all_at(buffer, at);
+    let result = shared.file.write_all_at(bytes, at);
     let writeback = {
         let mut table = shared.table();
         let piece = &mut table.pieces[i];
         match result {
-            Ok(()) => piece.written += buffer.len() as u64,
-            // The buffered bytes are lost: fetch them again.
+            Ok(()) => piece.written += bytes.len() as u64,
+            // The bytes are lost: fetch them again.
             Err(_) => piece.next = piece.written,
         }
         let dirty = piece.synced..piece.written;
@@ -526,7 +542,6 @@ fn flush(shared: &Shared, i: usize, buffer: &mut Vec<u8>) -> std::io::Result<()>
         }
         dirty
     };
-    buffer.clear();
     if writeback.end - writeback.start >= WRITEBACK_EVERY {
         crate::fsx::start_writeback(&shared.file, writeback.start, writeback.end - writeback.start);
     }
