@@ -61,18 +61,48 @@ python3 "$bench/latency.py" "$WORK/www" 18082 50 & slow=$!
 results=$WORK/results.tsv
 : > "$results"
 
+# settle OUT SERVED: the state every timed run starts from. The last run's
+# output is deleted and written back, and the kernel's caches are dropped:
+# on ext4 without a journal, a new inode skips every inode deleted in the
+# last minute whose table block is still cached (recently_deleted()), so a
+# run right after an rm -rf of 200,000 files took twice as long as one in a
+# fresh directory. The served files and the tools are then read back in.
+settle() {
+  rm -rf "$1"
+  sync
+  [ -w /proc/sys/vm/drop_caches ] && echo 3 > /proc/sys/vm/drop_caches
+  find "$2" -type f -exec cat {} + > /dev/null
+  for t in "$FETCH" aria2c curl wget2; do "$t" --version > /dev/null 2>&1 || true; done
+}
+
+# served SCENARIO: the files nginx serves for it.
+served() {
+  case $1 in
+    small | bars) echo "$WORK/www/small" ;;
+    latency) echo "$WORK/www/latency" ;;
+    large | capped) echo "$WORK/www/large" ;;
+    *) echo "$WORK/www/one.bin" ;;
+  esac
+}
+
 # measure SCENARIO TOOL OUT MANIFEST N CMD...: RUNS timed runs into a fresh OUT
-# (kept as is for noop), each verified against the sources.
+# (kept as is, and the caches warm, for noop), each verified against the
+# sources.
 measure() {
   local scenario=$1 tool=$2 out=$3 manifest=$4 n=$5
   shift 5
   for _ in $(seq "$RUNS"); do
-    [ "$scenario" = noop ] || rm -rf "$out"
+    if [ "$scenario" = noop ]; then sync; else settle "$out" "$(served "$scenario")"; fi
     mkdir -p "$out"
-    sync
-    /usr/bin/time -f "%e %U %S %M" -o "$WORK/time.txt" "$@" > "$WORK/logs/$scenario-${tool//[^A-Za-z0-9.-]/_}.log" 2>&1 || true
+    # Wall time to the millisecond (GNU time's %e has 10 ms steps, a tenth
+    # of a small run); CPU and peak RSS from GNU time.
+    local start end
+    start=$(date +%s%N)
+    /usr/bin/time -f "%U %S %M" -o "$WORK/time.txt" "$@" > "$WORK/logs/$scenario-${tool//[^A-Za-z0-9.-]/_}.log" 2>&1 || true
+    end=$(date +%s%N)
     ok=$(python3 "$bench/verify.py" "$WORK" "$manifest" "$out" || true)
-    read -r wall user sys rss < <(tail -1 "$WORK/time.txt")
+    read -r user sys rss < <(tail -1 "$WORK/time.txt")
+    wall=$(awk -v ns=$((end - start)) 'BEGIN {printf "%.3f", ns / 1e9}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$tool" "$wall" "$user" "$sys" "$rss" "$ok" "$n" >> "$results"
     echo "  $scenario $tool: ${wall}s $ok" >&2
   done
@@ -85,9 +115,13 @@ peers() {
   measure "$s" aria2c "$out" "$m.fetch" "$n" aria2c -q -j $J -x 1 -s 1 --file-allocation=none \
     --auto-file-renaming=false --allow-overwrite=true --summary-interval=0 --dir "$out" -i "$m.aria2"
   if [ "$s" = capped ]; then
+    # aria2c -j 16 -x 16 opens up to 16 connections per file, 64 for these
+    # four; fetch's -j bounds all of its connections, so it is measured at
+    # 64 as well.
     measure "$s" "aria2c -x16 -s16 -k1M" "$out" "$m.fetch" "$n" aria2c -q -j $J -x 16 -s 16 -k 1M \
       --file-allocation=none --auto-file-renaming=false --allow-overwrite=true --summary-interval=0 \
       --dir "$out" -i "$m.aria2"
+    measure "$s" "fetch -j 64" "$out" "$m.fetch" "$n" "$FETCH" -q -j 64 --dir "$out" "$m.fetch"
   fi
   measure "$s" "curl --parallel" "$out" "$m.fetch" "$n" curl -s --parallel --parallel-max $J --create-dirs \
     --output-dir "$out" -K "$m.curl"
@@ -114,7 +148,9 @@ for s in $SCENARIOS; do
       # nearly free and run-to-run noise small, and three times the runs.
       python3 "$bench/gen.py" "$WORK" small
       m=$WORK/m/small out=/dev/shm/fetch-bench-out
-      RUNS=$((RUNS * 3)) measure bars "fetch -q" "$out" "$m.fetch" 2000 "$FETCH" -q -j $J --dir "$out" "$m.fetch"
+      # Both on a pty made by script(1), which costs about 10 ms of its own.
+      RUNS=$((RUNS * 3)) measure bars "fetch -q on a pty" "$out" "$m.fetch" 2000 \
+        script -qec "$FETCH -q -j $J --dir $out $m.fetch" /dev/null
       RUNS=$((RUNS * 3)) measure bars "fetch, bars on a pty" "$out" "$m.fetch" 2000 \
         script -qec "$FETCH -j $J --progress bar --dir $out $m.fetch" /dev/null
       rm -rf "$out"
@@ -141,6 +177,7 @@ echo "## fetch benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m), $(a
 echo
 echo "fetch $("$FETCH" --version | cut -d' ' -f2) (fsync on), $(aria2c --version | head -1), $(curl --version | head -1 | cut -d' ' -f1-2), $(wget2 --version | head -1 | cut -d' ' -f1-3); concurrency $J; median of $RUNS runs."
 if [ -f "$WORK/www/large/f0.bin" ]; then
+  cat "$WORK/www/large/f0.bin" > /dev/null
   speed=$(curl -s -o /dev/null -w '%{speed_download}' http://127.0.0.1:18080/large/f0.bin)
   disk=$(dd if=/dev/zero of="$WORK/dd.bin" bs=1M count=512 conv=fdatasync 2>&1 | tail -1 | awk -F', ' '{print $NF}')
   rm -f "$WORK/dd.bin"

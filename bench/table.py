@@ -28,4 +28,4 @@ for scenario, tools in rows.items():
         else:
             rate = f"{n / wall:,.0f} files/s"
         ok = "ok" if all(r[3] == "ok" for r in runs) else runs[-1][3]
-        print(f"| {tool} | {wall:.2f} s | {cpu:.2f} s | {rss:.0f} MiB | {rate} | {wall / fastest:.2f}x | {ok} |")
+        print(f"| {tool} | {wall:.3f} s | {cpu:.2f} s | {rss:.0f} MiB | {rate} | {wall / fastest:.2f}x | {ok} |")
