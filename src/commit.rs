@@ -1,17 +1,20 @@
-//! Group commit: finished part files become destinations in batches.
+//! Group commit: finished downloads become destinations in batches.
 //!
-//! A finished file must be on disk before its rename, and the rename on disk
-//! before its entry is reported (SPEC "Each download"). One file at a time
-//! that is two `fsync`s each, the file's and its directory's, and on a disk
-//! where every flush is a round trip that dominates small files. So one
-//! committer thread takes finished files as they come, and while it works
-//! on one batch the next gathers:
+//! A finished file must be on disk before it is moved into place, and the
+//! move on disk before its entry is reported (SPEC "Each download"). One file
+//! at a time that is two `fsync`s each, the file's and its directory's, and
+//! on a disk where every flush is a round trip that dominates small files.
+//! So one committer thread takes finished files as they come, and while it
+//! works on one batch the next gathers:
 //!
-//! 1. one barrier, `syncfs(2)` on each filesystem involved, makes the data of
-//!    the whole batch durable, and with it the renames of the batch before;
-//! 2. the entries of the batch before are reported;
-//! 3. the batch is renamed into place, to be made durable by the next
-//!    barrier, the next batch's or one of its own when nothing else waits.
+//! 1. files that never left a download's buffer are written, each into a
+//!    file with no name ([`Complete::stage`]), off the runtime's threads;
+//! 2. one barrier, `syncfs(2)` on each filesystem involved, makes the data of
+//!    the whole batch durable, and with it the moves of the batch before;
+//! 3. the entries of the batch before are answered;
+//! 4. the batch is moved into place (renamed, or linked for a file with no
+//!    name), to be made durable by the next barrier: the next batch's, or
+//!    one of its own when nothing else waits.
 //!
 //! This is git's `core.fsyncMethod=batch`, made sound on filesystems with no
 //! journal: `syncfs` writes every dirty inode and flushes the disk's cache
@@ -19,7 +22,7 @@
 //! metadata.
 //!
 //! Where a barrier cannot be trusted, files are committed one by one
-//! ([`Partial::commit`]):
+//! ([`Staged::place_durably`]):
 //! - a lone file with nothing else waiting: it should not wait for all the
 //!   filesystem's dirty data;
 //! - kernels before Linux 5.8, whose `syncfs` does not report write errors;
@@ -79,7 +82,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Resolves once the file and its rename are durable.
+    /// Resolves once the file and its move into place are durable.
     pub async fn wait(mut self) -> io::Result<Committed> {
         (&mut self.done).await.map_err(|_| stopped())?
     }
@@ -108,7 +111,7 @@ struct Job<F> {
     room: Option<OwnedSemaphorePermit>,
 }
 
-/// A file renamed into place whose rename awaits the next barrier.
+/// A file moved into place whose move awaits the next barrier.
 #[derive(Debug)]
 struct Placed {
     dest: PathBuf,
@@ -176,7 +179,7 @@ impl Committer {
 
 struct Thread {
     sentinels: Option<Arc<Sentinels>>,
-    /// Renamed, awaiting the next barrier.
+    /// Moved into place, awaiting the next barrier.
     placed: Vec<Placed>,
     /// [`syncfs`]; another function in tests.
     barrier: fn(&File) -> io::Result<()>,
@@ -242,8 +245,8 @@ impl Thread {
     /// that an error is reported for the file it belongs to.
     fn give_up_barriers(&mut self, error: &io::Error, batch: Vec<Job<Staged>>) {
         self.sentinels = None;
-        // These files' bytes were durable before their renames; only the
-        // renames remain to be made so. One fsync per directory: a write
+        // These files' bytes were durable before their moves; only the
+        // moves remain to be made so. One fsync per directory: a write
         // error is reported to the first descriptor that checks, so every
         // entry of a directory takes that one answer.
         let mut dirs: HashMap<PathBuf, Option<(io::ErrorKind, String)>> = HashMap::new();

@@ -104,7 +104,7 @@ pub struct Partial {
     /// Bytes `0..synced` have been handed to writeback.
     synced: u64,
     /// The meta of a fresh start, written when its first bytes leave the buffer.
-    pending_meta: Option<Vec<u8>>,
+    pending_meta: Option<Meta>,
     /// Whether a meta file may exist beside the part.
     meta_on_disk: bool,
     /// The filesystem the file is on (`st_dev`), once there is a file.
@@ -244,11 +244,9 @@ impl Partial {
 
     /// Empty the file and record what its next bytes will be (on disk
     /// once they are).
-    pub fn restart(&mut self, meta: &Meta) -> io::Result<()> {
+    pub fn restart(&mut self, meta: Meta) -> io::Result<()> {
         self.truncate()?;
-        let mut text = serde_json::to_vec(meta).map_err(io::Error::other)?;
-        text.push(b'\n');
-        self.pending_meta = Some(text);
+        self.pending_meta = Some(meta);
         Ok(())
     }
 
@@ -296,8 +294,8 @@ impl Partial {
     /// Write buffered bytes to the file, after the meta they need.
     fn flush(&mut self) -> io::Result<()> {
         self.file()?;
-        if let Some(text) = self.pending_meta.take() {
-            fs::write(&self.meta, text)?;
+        if let Some(meta) = self.pending_meta.take() {
+            fs::write(&self.meta, meta_text(&meta)?)?;
             self.meta_on_disk = true;
         }
         if !self.buf.is_empty() {
@@ -331,10 +329,8 @@ impl Partial {
     /// Replace the meta atomically (write a temporary file, rename it), so
     /// that a crash leaves the old record or the new one, never a torn one.
     pub fn save_meta(&mut self, meta: &Meta) -> io::Result<()> {
-        let mut text = serde_json::to_vec(meta).map_err(io::Error::other)?;
-        text.push(b'\n');
         let tmp = meta_tmp(&self.meta);
-        fs::write(&tmp, text)?;
+        fs::write(&tmp, meta_text(meta)?)?;
         self.meta_on_disk = true;
         fs::rename(&tmp, &self.meta)
     }
@@ -740,6 +736,13 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
+/// A meta as its file holds it: one line of JSON.
+fn meta_text(meta: &Meta) -> io::Result<Vec<u8>> {
+    let mut text = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    text.push(b'\n');
+    Ok(text)
+}
+
 fn meta_tmp(meta: &Path) -> PathBuf {
     let mut name = meta.as_os_str().to_owned();
     name.push(".tmp");
@@ -778,7 +781,7 @@ mod tests {
         let dest = dir.path().join("f");
         let (part, meta) = part_paths(&dest);
         let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!("not locked") };
-        p.restart(&Meta { url: "u".into(), etag: Some("\"e\"".into()), ..Meta::default() }).unwrap();
+        p.restart(Meta { url: "u".into(), etag: Some("\"e\"".into()), ..Meta::default() }).unwrap();
         p.write(b"hello").unwrap();
         assert!(!part.exists(), "bytes that fit the buffer stay in memory");
         assert_eq!(p.meta(), None, "no meta before bytes reach the file");
@@ -807,7 +810,7 @@ mod tests {
         let dest = dir.path().join("f");
         let meta = Meta { url: "u".into(), etag: Some("\"e\"".into()), ..Meta::default() };
         let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
-        p.restart(&meta).unwrap();
+        p.restart(meta.clone()).unwrap();
         p.write(b"small").unwrap();
         assert_eq!(p.commit(&dest, false).unwrap(), Committed::Renamed);
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -828,7 +831,7 @@ mod tests {
         // Kept for the next run, even a few bytes need their meta.
         let dest = dir.path().join("g");
         let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
-        p.restart(&meta).unwrap();
+        p.restart(meta.clone()).unwrap();
         p.write(b"few").unwrap();
         p.keep().unwrap();
         let Opened::Locked(p) = Partial::open(&dest, true).unwrap() else { panic!() };
@@ -861,7 +864,7 @@ mod tests {
         p.keep().unwrap();
         let Opened::Locked(mut p) = Partial::open(&dest, true).unwrap() else { panic!() };
         let meta = Meta { url: "u".into(), etag: Some("\"e\"".into()), ..Meta::default() };
-        p.restart(&meta).unwrap();
+        p.restart(meta.clone()).unwrap();
         p.write(b"a").unwrap();
         p.write(&[7; DIRECT_WRITE]).unwrap();
         assert_eq!(p.meta(), Some(meta), "bytes on disk without their meta");

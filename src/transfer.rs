@@ -210,7 +210,7 @@ pub async fn attempt(
             state.last_modified = header_str(response.headers(), header::LAST_MODIFIED);
             state.total = response.content_length();
             check_size(target, state.total)?;
-            partial.restart(&state.meta(target.url)).map_err(disk)?;
+            partial.restart(state.meta(target.url)).map_err(disk)?;
             let ranges = response.headers().get(header::ACCEPT_RANGES).is_some_and(|v| v == "bytes");
             if ranges && state.splittable(target.split) {
                 state.pieces += 1;
