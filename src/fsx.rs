@@ -104,7 +104,7 @@ pub struct Partial {
     /// Bytes `0..synced` have been handed to writeback.
     synced: u64,
     /// The meta of a fresh start, written when its first bytes leave the buffer.
-    pending_meta: Option<Meta>,
+    pending_meta: Option<Box<Meta>>,
     /// Whether a meta file may exist beside the part.
     meta_on_disk: bool,
     /// The filesystem the file is on (`st_dev`), once there is a file.
@@ -246,7 +246,7 @@ impl Partial {
     /// once they are).
     pub fn restart(&mut self, meta: Meta) -> io::Result<()> {
         self.truncate()?;
-        self.pending_meta = Some(meta);
+        self.pending_meta = Some(Box::new(meta));
         Ok(())
     }
 
