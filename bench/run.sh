@@ -72,7 +72,8 @@ results=$WORK/results.tsv
 # next run waits out that minute.
 settle() {
   local many=0
-  [ -d "$1" ] && many=$(find "$1" -type f | head -10001 | wc -l)
+  # (head closes the pipe early: no pipefail for this count)
+  [ -d "$1" ] && many=$(set +o pipefail; find "$1" -type f | head -10001 | wc -l)
   rm -rf "$1"
   sync
   if [ "$many" -gt 10000 ]; then sleep 61; sync; fi
