@@ -17,10 +17,11 @@
 //! ten times a second, and only downloads of at least [`LARGE`] bytes (or of
 //! unknown size) get a bar of their own.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -71,14 +72,50 @@ struct Counters {
     failed: AtomicU64,
     bytes: AtomicU64,
     total_files: AtomicU64,
-    /// Transfers under way: [`TransferProgress`] handles alive.
+}
+
+/// What one host's transfers under way have received, for the split rule:
+/// a file is compared with the others from its host, because a host that
+/// caps each connection slows only its own files, while what all hosts
+/// share (CPU, disk, the local link) slows every file alike.
+#[derive(Debug, Default)]
+struct Traffic {
+    bytes: AtomicU64,
+    /// [`TransferProgress`] handles alive for this host.
     transfers: AtomicU64,
+}
+
+/// Hosts with transfers under way, by URL authority. Entries whose
+/// transfers have all ended are pruned as the map doubles, so it stays
+/// within twice the hosts in use (plus [`HOSTS_KEPT`]).
+#[derive(Debug, Default)]
+struct Hosts {
+    traffic: HashMap<String, Weak<Traffic>>,
+    prune_above: usize,
+}
+
+const HOSTS_KEPT: usize = 64;
+
+impl Hosts {
+    fn traffic(&mut self, host: &str) -> Arc<Traffic> {
+        if let Some(traffic) = self.traffic.get(host).and_then(Weak::upgrade) {
+            return traffic;
+        }
+        let traffic = Arc::new(Traffic::default());
+        self.traffic.insert(host.to_owned(), Arc::downgrade(&traffic));
+        if self.traffic.len() > self.prune_above {
+            self.traffic.retain(|_, t| t.strong_count() > 0);
+            self.prune_above = (2 * self.traffic.len()).max(HOSTS_KEPT);
+        }
+        traffic
+    }
 }
 
 #[derive(Debug)]
 pub struct Reporter {
     verbosity: Verbosity,
     counters: Arc<Counters>,
+    hosts: Mutex<Hosts>,
     bars: Option<Arc<Bars>>,
 }
 
@@ -92,6 +129,7 @@ impl Reporter {
         Reporter {
             verbosity: if display == Display::None { Verbosity::Quiet } else { verbosity },
             counters,
+            hosts: Mutex::default(),
             bars,
         }
     }
@@ -101,13 +139,16 @@ impl Reporter {
         self.counters.total_files.store(total, Ordering::Relaxed);
     }
 
-    /// A handle for one transfer's byte counts.
-    pub fn transfer(&self, dest: &Path) -> TransferProgress {
-        self.counters.transfers.fetch_add(1, Ordering::Relaxed);
+    /// A handle for the byte counts of one transfer from `host` (a URL's
+    /// authority).
+    pub fn transfer(&self, dest: &Path, host: &str) -> TransferProgress {
+        let host = self.hosts.lock().expect("hosts").traffic(host);
+        host.transfers.fetch_add(1, Ordering::Relaxed);
         TransferProgress {
             verbose: self.verbosity >= Verbosity::Verbose,
             dest: dest.display().to_string(),
             counters: self.counters.clone(),
+            host,
             bars: self.bars.clone(),
             bar: OnceLock::new(),
         }
@@ -200,6 +241,7 @@ pub struct TransferProgress {
     verbose: bool,
     dest: String,
     counters: Arc<Counters>,
+    host: Arc<Traffic>,
     bars: Option<Arc<Bars>>,
     /// A slot bar, claimed when a large response starts.
     bar: OnceLock<Option<ProgressBar>>,
@@ -227,13 +269,15 @@ impl TransferProgress {
         }
     }
 
-    /// Bytes the whole run has received, and the transfers under way.
-    pub fn run_traffic(&self) -> (u64, u64) {
-        (self.counters.bytes.load(Ordering::Relaxed), self.counters.transfers.load(Ordering::Relaxed))
+    /// Bytes received from this transfer's host by the transfers under way
+    /// (and by those that ran alongside them), and how many are under way.
+    pub fn host_traffic(&self) -> (u64, u64) {
+        (self.host.bytes.load(Ordering::Relaxed), self.host.transfers.load(Ordering::Relaxed))
     }
 
     pub fn advance(&self, bytes: u64) {
         self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.host.bytes.fetch_add(bytes, Ordering::Relaxed);
         if let Some(Some(bar)) = self.bar.get() {
             bar.inc(bytes);
         }
@@ -274,7 +318,7 @@ impl TransferProgress {
 
 impl Drop for TransferProgress {
     fn drop(&mut self) {
-        self.counters.transfers.fetch_sub(1, Ordering::Relaxed);
+        self.host.transfers.fetch_sub(1, Ordering::Relaxed);
         if let (Some(bars), Some(Some(bar))) = (&self.bars, self.bar.take()) {
             bars.release(bar);
         }
@@ -513,6 +557,20 @@ pub fn human_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_share_traffic_and_ended_ones_are_pruned() {
+        let mut hosts = Hosts::default();
+        let a = hosts.traffic("a:1");
+        assert!(Arc::ptr_eq(&a, &hosts.traffic("a:1")));
+        assert!(!Arc::ptr_eq(&a, &hosts.traffic("a:2")));
+        // Many hosts one after the other: the map stays small.
+        for i in 0..100_000 {
+            drop(hosts.traffic(&format!("h{i}")));
+            assert!(hosts.traffic.len() <= 2 * HOSTS_KEPT + 1, "{} at {i}", hosts.traffic.len());
+        }
+        assert!(Arc::ptr_eq(&a, &hosts.traffic("a:1")), "a live host was pruned");
+    }
 
     #[test]
     fn human_units() {

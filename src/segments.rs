@@ -286,7 +286,7 @@ pub async fn run(
         }
     };
     let started = Instant::now();
-    let (run_bytes_at_start, _) = shared.progress.run_traffic();
+    let (host_bytes_at_start, _) = shared.progress.host_traffic();
     let mut split = !adaptive;
     if split {
         spawn_helpers(&mut workers);
@@ -305,15 +305,18 @@ pub async fn run(
                 let rate = got as f64 / started.elapsed().as_secs_f64();
                 let rest = left_at_start.saturating_sub(got) as f64 / rate;
                 let worth = SPLIT_WORTH.as_secs_f64();
-                // A file that gets under half its share of what the run
-                // receives is losing a race with the other transfers: the
-                // bottleneck is what they share (CPU, disk, a link), which
-                // more connections cannot widen. On loopback, four 256 MiB
-                // files split one that fell behind in about half the runs,
-                // and took 0.73 s against 0.65 s unsplit (medians of 6).
-                let (run_bytes, transfers) = shared.progress.run_traffic();
-                let run_rate = run_bytes.saturating_sub(run_bytes_at_start) as f64 / started.elapsed().as_secs_f64();
-                let outpaced = transfers > 1 && rate < run_rate / transfers as f64 / 2.0;
+                // A file that gets under half its share of what its host
+                // sends is losing a race with the host's other transfers:
+                // the bottleneck is what they share (CPU, disk, a link),
+                // which more connections cannot widen. On loopback, four
+                // 256 MiB files split one that fell behind in about half
+                // the runs, and took 0.73 s against 0.65 s unsplit (medians
+                // of 6). Files from other hosts do not count: a host that
+                // caps each connection is slow next to any other, and it
+                // is the one that splitting speeds up.
+                let (host_bytes, transfers) = shared.progress.host_traffic();
+                let host_rate = host_bytes.saturating_sub(host_bytes_at_start) as f64 / started.elapsed().as_secs_f64();
+                let outpaced = transfers > 1 && rate < host_rate / transfers as f64 / 2.0;
                 // A file far too slow splits at once; a merely slow one
                 // must be judged so twice in a row, so that a start slowed
                 // by a busy disk or CPU does not split a fast file.

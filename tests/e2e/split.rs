@@ -267,6 +267,33 @@ fn a_file_outpaced_by_the_others_splits_only_once_they_are_done() {
 }
 
 #[test]
+fn a_file_capped_by_its_host_splits_while_another_host_runs_fast() {
+    // The same pair as above, but `/fast` comes from another host: `/slow`
+    // is capped by its own server, which more connections do get around.
+    let server = Server::start();
+    let other = Server::start_on("127.0.0.2".parse().unwrap());
+    let slow = content(31, 16 * MIB);
+    server
+        .route("/slow", Route { throttle: Some((64 * 1024, Duration::from_millis(60))), ..throttled(&slow) });
+    let fast = content(32, 32 * MIB);
+    other
+        .route("/fast", Route { throttle: Some((256 * 1024, Duration::from_millis(8))), ..throttled(&fast) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} slow\n{} fast\n", server.url("/slow"), other.url("/fast")));
+    let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("slow")).unwrap() == slow);
+    assert!(std::fs::read(tmp.path().join("fast")).unwrap() == fast);
+    assert!(out.stderr.contains("split       slow: 16 connections"), "{}", out.stderr);
+    // `/fast` takes over a second; `/slow` splits at its first judgment.
+    let fast_started = other.requests_to("/fast")[0].at;
+    let ranges: Vec<_> = server.requests_to("/slow").into_iter().filter(|l| l.range().is_some()).collect();
+    assert!(ranges.len() >= 7, "{ranges:?}");
+    let first_range = ranges[0].at.saturating_duration_since(fast_started);
+    assert!(first_range < Duration::from_millis(700), "split {first_range:?} into /fast");
+}
+
+#[test]
 fn small_files_and_one_connection_per_file_are_not_split() {
     let server = Server::start();
     let body = content(28, 4 * MIB);
