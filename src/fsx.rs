@@ -187,6 +187,22 @@ impl LockedElsewhere {
     }
 }
 
+/// Create and lock the part file at `part`, empty and without a meta, for
+/// a fresh download; and its filesystem (`st_dev`).
+fn create_part(part: &Path, meta: &Path) -> io::Result<(File, u64)> {
+    let Lock::Held { file, created, len, dev } = lock_part(part, true)? else {
+        return Err(busy(part));
+    };
+    if !created {
+        // Left by a run that ended after we looked: not ours to trust.
+        if len > 0 {
+            file.set_len(0)?;
+        }
+        remove_if_exists(meta)?;
+    }
+    Ok((file, dev))
+}
+
 fn busy(part: &Path) -> io::Error {
     io::Error::new(io::ErrorKind::ResourceBusy, LockedElsewhere(part.to_owned()))
 }
@@ -263,28 +279,14 @@ impl Partial {
         }
         self.len = 0;
         self.synced = 0;
-        if std::mem::take(&mut self.split) {
-            remove_if_exists(&meta_tmp(&self.meta))?;
-        }
-        if std::mem::take(&mut self.meta_on_disk) {
-            remove_if_exists(&self.meta)?;
-        }
-        Ok(())
+        let (split, on_disk) = (std::mem::take(&mut self.split), std::mem::take(&mut self.meta_on_disk));
+        remove_meta(&self.meta, split, on_disk)
     }
 
     /// The part file, created and locked now if there is none yet.
     fn file(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
-            let Lock::Held { file, created, len, dev } = lock_part(&self.part, true)? else {
-                return Err(busy(&self.part));
-            };
-            if !created {
-                // Left by a run that ended after we looked: not ours to trust.
-                if len > 0 {
-                    file.set_len(0)?;
-                }
-                remove_if_exists(&self.meta)?;
-            }
+            let (file, dev) = create_part(&self.part, &self.meta)?;
             self.dev = dev;
             self.file = Some(file);
         }
@@ -396,12 +398,7 @@ impl Partial {
         if file.is_none() {
             return Ok(());
         }
-        if split {
-            remove_if_exists(&meta_tmp(&meta))?;
-        }
-        if meta_on_disk {
-            remove_if_exists(&meta)?;
-        }
+        remove_meta(&meta, split, meta_on_disk)?;
         remove_if_exists(&part)?;
         drop(file);
         Ok(())
@@ -456,25 +453,13 @@ impl Complete {
             Complete::Buffered { bytes, part, meta } => (bytes, part, meta),
         };
         if !overwrite {
-            let dir = match part.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            match unnamed(dir, &bytes) {
+            match unnamed(dir_of(&part), &bytes) {
                 Ok(staged) => return Ok(staged),
                 Err(e) if unnamed_unsupported(&e) => {}
                 Err(e) => return Err(e),
             }
         }
-        let Lock::Held { file, created, len, dev } = lock_part(&part, true)? else {
-            return Err(busy(&part));
-        };
-        if !created {
-            if len > 0 {
-                file.set_len(0)?;
-            }
-            remove_if_exists(&meta)?;
-        }
+        let (file, dev) = create_part(&part, &meta)?;
         let staged =
             Staged { file, dev, names: Some(Names { part, meta, split: false, meta_on_disk: false }) };
         match staged.file.write_all_at(&bytes, 0) {
@@ -553,12 +538,7 @@ impl Staged {
             return link_unnamed(&file, dest).map(|committed| (committed, file));
         };
         // The meta goes first, so that it never outlives its part file.
-        if split {
-            remove_if_exists(&meta_tmp(&meta))?;
-        }
-        if meta_on_disk {
-            remove_if_exists(&meta)?;
-        }
+        remove_meta(&meta, split, meta_on_disk)?;
         let result = if overwrite {
             fs::rename(&part, dest).map(|()| Committed::Renamed)
         } else {
@@ -578,12 +558,7 @@ impl Staged {
     fn discard(self) {
         let Staged { file, names, .. } = self;
         if let Some(Names { part, meta, split, meta_on_disk }) = names {
-            if split {
-                let _ = remove_if_exists(&meta_tmp(&meta));
-            }
-            if meta_on_disk {
-                let _ = remove_if_exists(&meta);
-            }
+            let _ = remove_meta(&meta, split, meta_on_disk);
             let _ = remove_if_exists(&part);
         }
         drop(file);
@@ -710,11 +685,15 @@ fn link_no_replace(part: &Path, dest: &Path) -> io::Result<Committed> {
 
 /// Make a rename in `path`'s directory durable.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
+    File::open(dir_of(path))?.sync_all()
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    }
 }
 
 /// Ask the kernel to start writing `len` bytes at `offset` of `file` to
@@ -741,6 +720,14 @@ fn meta_text(meta: &Meta) -> io::Result<Vec<u8>> {
     let mut text = serde_json::to_vec(meta).map_err(io::Error::other)?;
     text.push(b'\n');
     Ok(text)
+}
+
+/// Remove the meta at `meta` if it may be on disk, and the temporary one a
+/// split download may have left. Both are tried; the first error is kept.
+fn remove_meta(meta: &Path, split: bool, on_disk: bool) -> io::Result<()> {
+    let tmp = if split { remove_if_exists(&meta_tmp(meta)) } else { Ok(()) };
+    let meta = if on_disk { remove_if_exists(meta) } else { Ok(()) };
+    tmp.and(meta)
 }
 
 fn meta_tmp(meta: &Path) -> PathBuf {
