@@ -209,7 +209,7 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
     let split = ctx.split.filter(|p| entry.size.is_none_or(|size| size >= p.min_size));
     let mut target =
         Target { clients: &ctx.clients, url: &entry.url, headers: &headers, size: entry.size, split };
-    let progress = Arc::new(ctx.reporter.transfer(dest, entry.url.authority()));
+    let progress = Arc::new(ctx.reporter.transfer(dest, &host));
     let mut schedule = ctx.retry.schedule();
     let mut failures = 0u32;
     let mut high_water = state.offset;

@@ -85,7 +85,7 @@ struct Traffic {
     transfers: AtomicU64,
 }
 
-/// Hosts with transfers under way, by URL authority. Entries whose
+/// Hosts with transfers under way, by `host:port`. Entries whose
 /// transfers have all ended are pruned as the map doubles, so it stays
 /// within twice the hosts in use (plus [`HOSTS_KEPT`]).
 #[derive(Debug, Default)]
