@@ -239,57 +239,49 @@ fn an_idle_connection_takes_over_half_of_a_slow_range() {
     assert!(asked.iter().all(|(s, _)| s % 4096 == 0), "pieces are split at page boundaries: {asked:?}");
 }
 
-#[test]
-fn a_file_outpaced_by_the_others_splits_only_once_they_are_done() {
-    // `/slow` alone would split at once (16 s on one connection), but while
-    // `/fast` takes most of what the run receives, the bottleneck is shared
-    // and more connections cannot help.
-    let server = Server::start();
+/// Fetch `/slow` (16 s on one connection) from `slow_at` beside `/fast`
+/// (32 MiB in 128 chunks 8 ms apart: over a second) from `fast_at`, and
+/// check that both arrive and `/slow` is split. Returns the run's stderr and
+/// how long after `/fast` began the first range of `/slow` was asked for.
+fn slow_beside_fast(slow_at: &Server, fast_at: &Server) -> (String, Duration) {
     let slow = content(29, 16 * MIB);
-    server
+    slow_at
         .route("/slow", Route { throttle: Some((64 * 1024, Duration::from_millis(60))), ..throttled(&slow) });
     let fast = content(30, 32 * MIB);
-    server
+    fast_at
         .route("/fast", Route { throttle: Some((256 * 1024, Duration::from_millis(8))), ..throttled(&fast) });
     let tmp = tempfile::tempdir().unwrap();
-    write(tmp.path(), "m.txt", &format!("{} slow\n{} fast\n", server.url("/slow"), server.url("/fast")));
-    let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
-    assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(std::fs::read(tmp.path().join("slow")).unwrap() == slow);
-    assert!(out.stderr.contains("split       slow: 16 connections"), "{}", out.stderr);
-    assert!(!out.stderr.contains("split       fast"), "{}", out.stderr);
-    // 128 chunks 8 ms apart: `/fast` takes over a second.
-    let fast_started = server.requests_to("/fast")[0].at;
-    let ranges: Vec<_> = server.requests_to("/slow").into_iter().filter(|l| l.range().is_some()).collect();
-    assert!(ranges.len() >= 7, "{ranges:?}");
-    let first_range = ranges[0].at.duration_since(fast_started);
-    assert!(first_range >= Duration::from_millis(900), "split {first_range:?} into /fast");
-}
-
-#[test]
-fn a_file_capped_by_its_host_splits_while_another_host_runs_fast() {
-    // The same pair as above, but `/fast` comes from another host: `/slow`
-    // is capped by its own server, which more connections do get around.
-    let server = Server::start();
-    let other = Server::start_on("127.0.0.2".parse().unwrap());
-    let slow = content(31, 16 * MIB);
-    server
-        .route("/slow", Route { throttle: Some((64 * 1024, Duration::from_millis(60))), ..throttled(&slow) });
-    let fast = content(32, 32 * MIB);
-    other
-        .route("/fast", Route { throttle: Some((256 * 1024, Duration::from_millis(8))), ..throttled(&fast) });
-    let tmp = tempfile::tempdir().unwrap();
-    write(tmp.path(), "m.txt", &format!("{} slow\n{} fast\n", server.url("/slow"), other.url("/fast")));
+    write(tmp.path(), "m.txt", &format!("{} slow\n{} fast\n", slow_at.url("/slow"), fast_at.url("/fast")));
     let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(std::fs::read(tmp.path().join("slow")).unwrap() == slow);
     assert!(std::fs::read(tmp.path().join("fast")).unwrap() == fast);
     assert!(out.stderr.contains("split       slow: 16 connections"), "{}", out.stderr);
-    // `/fast` takes over a second; `/slow` splits at its first judgment.
-    let fast_started = other.requests_to("/fast")[0].at;
-    let ranges: Vec<_> = server.requests_to("/slow").into_iter().filter(|l| l.range().is_some()).collect();
+    let fast_started = fast_at.requests_to("/fast")[0].at;
+    let ranges: Vec<_> = slow_at.requests_to("/slow").into_iter().filter(|l| l.range().is_some()).collect();
     assert!(ranges.len() >= 7, "{ranges:?}");
-    let first_range = ranges[0].at.saturating_duration_since(fast_started);
+    (out.stderr, ranges[0].at.saturating_duration_since(fast_started))
+}
+
+#[test]
+fn a_file_outpaced_by_the_others_splits_only_once_they_are_done() {
+    // `/slow` alone would split at once, but while `/fast` takes most of
+    // what the host sends, the bottleneck is shared and more connections
+    // cannot help.
+    let server = Server::start();
+    let (stderr, first_range) = slow_beside_fast(&server, &server);
+    assert!(!stderr.contains("split       fast"), "{stderr}");
+    assert!(first_range >= Duration::from_millis(900), "split {first_range:?} into /fast");
+}
+
+#[test]
+fn a_file_capped_by_its_host_splits_while_another_host_runs_fast() {
+    // The same pair, but `/fast` comes from another host: `/slow` is capped
+    // by its own server, which more connections do get around. It splits at
+    // its first judgment.
+    let server = Server::start();
+    let other = Server::start_on("127.0.0.2".parse().unwrap());
+    let (_, first_range) = slow_beside_fast(&server, &other);
     assert!(first_range < Duration::from_millis(700), "split {first_range:?} into /fast");
 }
 
