@@ -139,8 +139,8 @@ impl Reporter {
         self.counters.total_files.store(total, Ordering::Relaxed);
     }
 
-    /// A handle for the byte counts of one transfer from `host` (a URL's
-    /// authority).
+    /// A handle for the byte counts of one transfer from `host`
+    /// (`host:port`).
     pub fn transfer(&self, dest: &Path, host: &str) -> TransferProgress {
         let host = self.hosts.lock().expect("hosts").traffic(host);
         host.transfers.fetch_add(1, Ordering::Relaxed);
