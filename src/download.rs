@@ -158,7 +158,9 @@ fn exists(path: &Path) -> bool {
 
 async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result<Done, DownloadError> {
     let dest = &entry.dest;
-    if !ctx.overwrite && exists(dest) {
+    // Not looked for where this run knows it cannot be: a system call per
+    // entry saved, 10% of the CPU on 1-byte files in new directories.
+    if !ctx.overwrite && ctx.rules.may_exist(dest) && exists(dest) {
         return Ok(Done::Skipped(SkipReason::Exists));
     }
     // Entries of this run that share a destination go one at a time; a later
@@ -325,6 +327,7 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
     let committed = pending.wait().await.map_err(DownloadError::Commit)?;
     match committed {
         Committed::Renamed => {
+            ctx.rules.note_placed(dest);
             dest_permit.mark_done();
             Ok(Done::Downloaded)
         }
