@@ -174,15 +174,16 @@ for s in $SCENARIOS; do
     flat)
       # Memory must not grow with the manifest: 2,000,000 lines, of which
       # --shard 0/10 downloads about 200,000, against the 200,000-line run.
+      # RUNS runs each: one run's peak RSS varies by 2-3 MiB.
       python3 "$bench/gen.py" "$WORK" many
       python3 "$bench/gen.py" "$WORK" many 2000000
       m=$WORK/m/many-2000000 out=$WORK/out
-      RUNS=1 measure flat "fetch, 200,000 lines" "$out" "$WORK/m/many.fetch" 200000 \
+      measure flat "fetch, 200,000 lines" "$out" "$WORK/m/many.fetch" 200000 \
         "$FETCH" -q -j $J --dir "$out" "$WORK/m/many.fetch"
       # The shard's own entries, for verification, listed by a dry run.
       "$FETCH" --dry-run --shard 0/10 --dir "$WORK/none" "$m.fetch" 2>/dev/null |
         awk -v p="$WORK/none/" '{ print $3, substr($2, length(p) + 1) }' > "$m.shard0"
-      RUNS=1 measure flat "fetch, 2,000,000 lines --shard 0/10" "$out" "$m.shard0" "$(wc -l < "$m.shard0")" \
+      measure flat "fetch, 2,000,000 lines --shard 0/10" "$out" "$m.shard0" "$(wc -l < "$m.shard0")" \
         "$FETCH" -q -j $J --dir "$out" --shard 0/10 "$m.fetch"
       ;;
     *) echo "unknown scenario $s" >&2; exit 2 ;;
