@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use percent_encoding::percent_decode_str;
 use reqwest::Url;
@@ -48,8 +48,10 @@ pub struct Rules {
     /// the thousands of files of one folder cost one check, not thousands;
     /// with whether this run created them.
     prepared: Arc<Mutex<HashMap<PathBuf, bool>>>,
-    /// Destinations this run placed in directories it created.
-    placed: Arc<Placed>,
+    /// Destinations this run placed, made when it creates its first
+    /// directory: until then [`Rules::may_exist`] is true without taking a
+    /// lock, and a cron rerun skips every entry at full speed.
+    placed: Arc<OnceLock<Placed>>,
 }
 
 /// A destination's parent directory, ready for files.
@@ -149,7 +151,7 @@ impl Rules {
         }
         prepared.insert(parent.to_owned(), fresh);
         if fresh {
-            self.placed.dirs.store(true, Ordering::Relaxed);
+            self.placed.get_or_init(Placed::default);
         }
         Ok(Parent { dir: parent, first: true, fresh })
     }
@@ -159,20 +161,21 @@ impl Rules {
     /// a destination it has not placed there. Only a racing process could
     /// have put one there, and the commit never replaces it.
     pub fn may_exist(&self, dest: &Path) -> bool {
-        if !self.placed.dirs.load(Ordering::Relaxed) {
-            return true;
-        }
+        let Some(placed) = self.placed.get() else { return true };
         let created = dest.parent().is_some_and(|parent| {
             self.prepared.lock().expect("prepared set poisoned").get(parent) == Some(&true)
         });
-        !created || self.placed.may_contain(dest)
+        !created || placed.may_contain(dest)
     }
 
     /// Remember that this run placed `dest`, for [`Rules::may_exist`]:
     /// call before other entries can look, i.e. before its destination's
     /// turn ([`crate::pool::Keyed`]) passes on.
     pub fn note_placed(&self, dest: &Path) {
-        self.placed.insert(dest);
+        // Without a directory created there is no filter, and no use for one.
+        if let Some(placed) = self.placed.get() {
+            placed.insert(dest);
+        }
     }
 
     /// The escape check of [`Rules::prepare_parent`], creating nothing;
@@ -206,16 +209,12 @@ impl Rules {
     }
 }
 
-/// What this run put on disk: whether it created any directory, and its
-/// files as a Bloom filter of their paths. The filter has a fixed size so
-/// that memory stays flat: it answers "maybe" for every path inserted and,
-/// at 200,000 paths, for 0.2% of the others (15% at 2,000,000), which then
-/// cost a look at the disk.
+/// The files this run placed, as a Bloom filter of their paths. It has a
+/// fixed size so that memory stays flat: it answers "maybe" for every path
+/// inserted and, at 200,000 paths, for 0.2% of the others (15% at
+/// 2,000,000), which then cost a look at the disk.
 #[derive(Debug)]
 struct Placed {
-    /// Until a directory is created, [`Rules::may_exist`] is true without
-    /// taking a lock: a cron rerun skips every entry at full speed.
-    dirs: AtomicBool,
     bits: Box<[AtomicU64]>,
 }
 
@@ -224,10 +223,7 @@ const PLACED_BITS: u32 = 23;
 
 impl Default for Placed {
     fn default() -> Self {
-        Placed {
-            dirs: AtomicBool::new(false),
-            bits: (0..1 << (PLACED_BITS - 6)).map(|_| AtomicU64::new(0)).collect(),
-        }
+        Placed { bits: (0..1 << (PLACED_BITS - 6)).map(|_| AtomicU64::new(0)).collect() }
     }
 }
 
@@ -334,6 +330,7 @@ mod tests {
         let (old, new) = (tmp.path().join("old/a"), tmp.path().join("new/a"));
         assert!(r.may_exist(&new), "not yet known to be created here");
         assert!(r.prepare_parent(&old).unwrap().first && !r.prepare_parent(&old).unwrap().fresh);
+        assert!(r.placed.get().is_none(), "no filter until a directory is created");
         assert!(r.prepare_parent(&new).unwrap().fresh);
         assert!(r.may_exist(&old), "a directory that was there may hold anything");
         assert!(!r.may_exist(&new));
