@@ -142,7 +142,17 @@ impl Rules {
             return Ok(Parent { dir: parent, first: false, fresh });
         }
         let fresh = match self.check_parent(dest)? {
-            Some(parent) => create_dir(parent)?,
+            Some(parent) => {
+                // Made before any directory: another entry may place a file
+                // in this one as soon as it exists, and must find a filter.
+                let placed = self.placed.get_or_init(Placed::default);
+                let fresh = create_dir(parent)?;
+                if fresh {
+                    // A later destination may name the directory itself.
+                    placed.insert(parent);
+                }
+                fresh
+            }
             None => false,
         };
         let mut prepared = self.prepared.lock().expect("prepared set poisoned");
@@ -150,16 +160,15 @@ impl Rules {
             prepared.clear();
         }
         prepared.insert(parent.to_owned(), fresh);
-        if fresh {
-            self.placed.get_or_init(Placed::default);
-        }
         Ok(Parent { dir: parent, first: true, fresh })
     }
 
     /// Whether `dest` may exist, as far as this run knows without looking:
     /// false in a directory this run created (while it remembers that) for
-    /// a destination it has not placed there. Only a racing process could
-    /// have put one there, and the commit never replaces it.
+    /// a name it has not placed there, file or directory. What it cannot
+    /// know of (a racing process's file, the same file under another
+    /// spelling on a case-insensitive filesystem) costs a download that the
+    /// commit then declines: it never replaces a destination.
     pub fn may_exist(&self, dest: &Path) -> bool {
         let Some(placed) = self.placed.get() else { return true };
         let created = dest.parent().is_some_and(|parent| {
@@ -168,11 +177,17 @@ impl Rules {
         !created || placed.may_contain(dest)
     }
 
+    /// Whether this run may have placed `dest`: [`Rules::may_exist`]'s
+    /// answer again for a destination it said no to, without its lock.
+    pub fn may_have_placed(&self, dest: &Path) -> bool {
+        self.placed.get().is_some_and(|placed| placed.may_contain(dest))
+    }
+
     /// Remember that this run placed `dest`, for [`Rules::may_exist`]:
-    /// call before other entries can look, i.e. before its destination's
-    /// turn ([`crate::pool::Keyed`]) passes on.
+    /// call before the entries waiting for this destination's turn
+    /// ([`crate::pool::Keyed`]) are let go.
     pub fn note_placed(&self, dest: &Path) {
-        // Without a directory created there is no filter, and no use for one.
+        // Without a directory prepared there is no filter, and no use for one.
         if let Some(placed) = self.placed.get() {
             placed.insert(dest);
         }
@@ -330,12 +345,15 @@ mod tests {
         let (old, new) = (tmp.path().join("old/a"), tmp.path().join("new/a"));
         assert!(r.may_exist(&new), "not yet known to be created here");
         assert!(r.prepare_parent(&old).unwrap().first && !r.prepare_parent(&old).unwrap().fresh);
-        assert!(r.placed.get().is_none(), "no filter until a directory is created");
         assert!(r.prepare_parent(&new).unwrap().fresh);
+        // A destination naming a directory this run made is looked for.
+        assert!(r.prepare_parent(&tmp.path().join("new/sub/x")).unwrap().fresh);
+        assert!(r.may_exist(&tmp.path().join("new/sub")));
         assert!(r.may_exist(&old), "a directory that was there may hold anything");
         assert!(!r.may_exist(&new));
+        assert!(!r.may_have_placed(&new));
         r.note_placed(&new);
-        assert!(r.may_exist(&new));
+        assert!(r.may_exist(&new) && r.may_have_placed(&new));
         // 0.2% of other names answer "maybe" at 200,000 placed; at 100
         // (a handful of the 2^23 bits set) none of these should.
         (0..100).for_each(|i| r.note_placed(&tmp.path().join(format!("new/p{i}"))));

@@ -24,7 +24,8 @@
 //!   [`crate::commit`]), and the rename is made durable before the entry
 //!   counts as downloaded;
 //! - without `--overwrite` an existing destination is never replaced, even
-//!   one that appeared while we downloaded (`RENAME_NOREPLACE`).
+//!   one that appeared while we downloaded or that was not looked for
+//!   ([`crate::dest::Rules::may_exist`]) (`RENAME_NOREPLACE`).
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -122,8 +123,8 @@ pub enum Opened {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Committed {
     Renamed,
-    /// Without --overwrite, the destination appeared while we downloaded;
-    /// it was kept and our copy dropped.
+    /// Without --overwrite, the destination exists (it appeared while we
+    /// downloaded, or was not looked for); it was kept and our copy dropped.
     DestinationExists,
 }
 
