@@ -177,6 +177,17 @@ impl Rules {
         !created || placed.may_contain(dest)
     }
 
+    /// A file this run did not look for was there after all: from now on
+    /// [`Rules::may_exist`] says yes for `dest`'s directory, so that a
+    /// process racing this one there costs one download, not one per file.
+    pub fn distrust_parent(&self, dest: &Path) {
+        if let Some(parent) = dest.parent()
+            && let Some(fresh) = self.prepared.lock().expect("prepared set poisoned").get_mut(parent)
+        {
+            *fresh = false;
+        }
+    }
+
     /// Whether this run may have placed `dest`: [`Rules::may_exist`]'s
     /// answer again for a destination it said no to, without its lock.
     pub fn may_have_placed(&self, dest: &Path) -> bool {
@@ -359,6 +370,9 @@ mod tests {
         (0..100).for_each(|i| r.note_placed(&tmp.path().join(format!("new/p{i}"))));
         let maybe = (0..1000).filter(|i| r.may_exist(&tmp.path().join(format!("new/q{i}")))).count();
         assert_eq!(maybe, 0);
+        // Another process placed a file here: everything is looked for now.
+        r.distrust_parent(&tmp.path().join("new/q0"));
+        assert!(r.may_exist(&tmp.path().join("new/q1")));
     }
 
     #[test]

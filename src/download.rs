@@ -337,7 +337,12 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
             dest_permit.mark_done();
             Ok(Done::Downloaded)
         }
-        Committed::DestinationExists => Ok(Done::Skipped(SkipReason::CompletedElsewhere)),
+        Committed::DestinationExists => {
+            // Another process works in this directory too: look before
+            // downloading into it from now on.
+            ctx.rules.distrust_parent(dest);
+            Ok(Done::Skipped(SkipReason::CompletedElsewhere))
+        }
     }
 }
 

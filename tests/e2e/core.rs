@@ -255,6 +255,43 @@ fn a_destination_named_again_much_later_is_skipped_without_a_request() {
 }
 
 #[test]
+fn another_process_in_a_directory_this_run_created_costs_some_downloads_not_all() {
+    // As soon as this run has made d/, "another process" fills it, while
+    // the run fetches one file per 5 ms. Entries already under way (the
+    // lookahead: 80 at -j 1) download and are declined; once one is, the
+    // rest look before they download.
+    let server = Server::start();
+    server.file("/a", 1, 10);
+    server.route("/f", Route { delay: Duration::from_millis(5), ..Route::new(crate::content(3, 10)) });
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 400;
+    let rest: String = (0..n).map(|i| format!("{} d/f{i}\n", server.url("/f"))).collect();
+    write(tmp.path(), "m.txt", &format!("{} d/a\n{rest}", server.url("/a")));
+    let child = fetch_std(tmp.path()).args(["-j", "1", "m.txt"]).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || tmp.path().join("d").exists()));
+    let theirs: Vec<_> = (0..n)
+        .filter(|i| {
+            let path = tmp.path().join(format!("d/f{i}"));
+            std::fs::File::create_new(path).and_then(|mut f| f.write_all(b"theirs")).is_ok()
+        })
+        .collect();
+    let out = crate::finish(child);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(theirs.len() > n / 2, "only {} written before the run got there", theirs.len());
+    let downloaded = n + 1 - theirs.len();
+    assert!(
+        stderr.contains(&format!("{downloaded} downloaded, {} skipped, 0 failed", theirs.len())),
+        "{stderr}"
+    );
+    let declined = server.requests_to("/f").len() + 1 - downloaded;
+    assert!(declined < theirs.len() / 2, "{declined} of {} downloaded only to be declined", theirs.len());
+    for i in theirs {
+        assert_eq!(std::fs::read(tmp.path().join(format!("d/f{i}"))).unwrap(), b"theirs");
+    }
+}
+
+#[test]
 fn verification_failures_leave_no_destination() {
     let server = Server::start();
     let body = server.file("/f", 1, 1000);
