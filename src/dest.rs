@@ -46,9 +46,10 @@ pub struct Rules {
     allow_escape: bool,
     /// Parent directories already checked and created in this run, so that
     /// the thousands of files of one folder cost one check, not thousands;
-    /// with whether this run created them.
+    /// with whether this run created them and has found nothing of another
+    /// process's there ([`Rules::distrust_parent`]).
     prepared: Arc<Mutex<HashMap<PathBuf, bool>>>,
-    /// Destinations this run placed, made when it creates its first
+    /// Destinations this run placed, made when it prepares its first
     /// directory: until then [`Rules::may_exist`] is true without taking a
     /// lock, and a cron rerun skips every entry at full speed.
     placed: Arc<OnceLock<Placed>>,
@@ -177,9 +178,10 @@ impl Rules {
         !created || placed.may_contain(dest)
     }
 
-    /// A file this run did not look for was there after all: from now on
-    /// [`Rules::may_exist`] says yes for `dest`'s directory, so that a
-    /// process racing this one there costs one download, not one per file.
+    /// A file this run did not expect was there after all: from now on
+    /// `dest`'s directory counts as not fresh, so [`Rules::may_exist`] says
+    /// yes for it and its entries look for part files, and a process racing
+    /// this one there costs one round of downloads, not one per file.
     pub fn distrust_parent(&self, dest: &Path) {
         if let Some(parent) = dest.parent()
             && let Some(fresh) = self.prepared.lock().expect("prepared set poisoned").get_mut(parent)
