@@ -186,6 +186,12 @@ struct Thread {
 }
 
 impl Thread {
+    /// The barrier runs here, between batches. On a thread of its own,
+    /// overlapping the next batch's writes, it was measured no faster on
+    /// 20,000 one-byte files (medians of 5): started as soon as the one
+    /// before ended, barriers were three times as many (317 against 111)
+    /// and the run 0.86-0.96 s against 0.81-0.93 s; held back until 256
+    /// files were written, 0.86 s against 0.86 s; at 128, 0.91 s.
     fn run(mut self, queue: &mpsc::Receiver<Job<Complete>>) {
         loop {
             let mut batch = Vec::new();
