@@ -533,9 +533,10 @@ fn flush(shared: &Shared, i: usize, buffer: &mut Vec<u8>) -> std::io::Result<()>
 /// Direct I/O (`O_DIRECT`) was measured instead, on the benchmark's VM:
 /// 1 MiB aligned blocks written by blocking threads, one filling while
 /// the other is written. It saved 5-10% of the CPU time of `large` but
-/// took 0.73-0.75 s against 0.59-0.63 s, each write waiting 4 ms (median)
-/// for a disk that four parallel `dd oflag=direct` keep busy for 0.61 s
-/// per GiB: the writeback started here already keeps it that busy.
+/// took 0.57-0.75 s (two runs of three over 0.73 s) against 0.59-0.63 s,
+/// each write waiting 4 ms (median) for a disk that four parallel
+/// `dd oflag=direct` keep busy for 0.61-0.64 s per GiB: the writeback
+/// started here already keeps it that busy.
 fn write_at(shared: &Shared, i: usize, bytes: &[u8]) -> std::io::Result<()> {
     let at = shared.table().pieces[i].written;
     let result = shared.file.write_all_at(bytes, at);
