@@ -19,7 +19,10 @@
 //! This is git's `core.fsyncMethod=batch`, made sound on filesystems with no
 //! journal: `syncfs` writes every dirty inode and flushes the disk's cache
 //! itself, rather than trusting a journal commit to carry other files'
-//! metadata.
+//! metadata. For the same reason the directories the run made
+//! ([`MadeDirs`]) count as durable only after a barrier on their
+//! filesystem, or once a file committed on its own has had each new
+//! directory above it synced into its parent.
 //!
 //! Where a barrier cannot be trusted, files are committed one by one
 //! ([`Staged::place_durably`]):
@@ -46,6 +49,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use crate::dest::MadeDirs;
 use crate::fsx::{self, Committed, Complete, Partial, Staged};
 
 /// Files in one batch at most: bounds how long a batch waits for its
@@ -120,11 +124,18 @@ struct Placed {
 }
 
 impl Committer {
-    /// Start the committer thread.
-    pub fn start() -> io::Result<Committer> {
+    /// Start the committer thread; it makes the entries of `made` durable
+    /// along with the files committed into them.
+    pub fn start(made: Arc<MadeDirs>) -> io::Result<Committer> {
         let (jobs, queue) = mpsc::channel();
         let sentinels = barriers_supported().then(Arc::default);
-        let thread = Thread { sentinels: sentinels.clone(), placed: Vec::new(), barrier: syncfs };
+        let thread = Thread {
+            sentinels: sentinels.clone(),
+            placed: Vec::new(),
+            made,
+            barrier: syncfs,
+            sync_dir: fsx::sync_dir,
+        };
         std::thread::Builder::new().name("commit".into()).spawn(move || thread.run(&queue))?;
         Ok(Committer {
             jobs,
@@ -181,8 +192,12 @@ struct Thread {
     sentinels: Option<Arc<Sentinels>>,
     /// Moved into place, awaiting the next barrier.
     placed: Vec<Placed>,
+    /// Directories the run made, until their entries are durable.
+    made: Arc<MadeDirs>,
     /// [`syncfs`]; another function in tests.
     barrier: fn(&File) -> io::Result<()>,
+    /// [`fsx::sync_dir`], for made directories; another function in tests.
+    sync_dir: fn(&Path) -> io::Result<()>,
 }
 
 impl Thread {
@@ -210,20 +225,25 @@ impl Thread {
     fn commit(&mut self, batch: Vec<Job<Complete>>) {
         let batch: Vec<_> = batch.into_iter().filter_map(stage).collect();
         if batch.len() == 1 && self.placed.is_empty() {
-            batch.into_iter().for_each(commit_alone);
+            batch.into_iter().for_each(|job| self.commit_alone(job));
             return;
         }
         let sentinels = self.sentinels_for(&batch);
         let (barred, alone): (Vec<_>, Vec<_>) =
             batch.into_iter().partition(|job| sentinels.contains_key(&job.file.dev()));
-        alone.into_iter().for_each(commit_alone);
+        alone.into_iter().for_each(|job| self.commit_alone(job));
         if barred.is_empty() && self.placed.is_empty() {
             return;
         }
+        // Directories noted by now were made by now: the barrier writes
+        // their entries too, on the filesystems it covers.
+        let made = self.made.take();
         if let Err(error) = sentinels.values().try_for_each(|file| (self.barrier)(file)) {
+            self.made.restore(made);
             self.give_up_barriers(&error, barred);
             return;
         }
+        self.made.restore(made.into_iter().filter(|dir| !sentinels.contains_key(&dir.dev)));
         for placed in self.placed.drain(..) {
             let _ = placed.reply.send(Ok(Committed::Renamed));
         }
@@ -269,7 +289,44 @@ impl Thread {
             };
             let _ = reply.send(result);
         }
-        batch.into_iter().for_each(commit_alone);
+        batch.into_iter().for_each(|job| self.commit_alone(job));
+    }
+
+    /// fsync the file, move it into place, make the move durable, and the
+    /// directories above it that the run made.
+    fn commit_alone(&self, job: Job<Staged>) {
+        let Job { file, dest, overwrite, reply, .. } = job;
+        let result = file.sync().and_then(|file| file.place_durably(&dest, overwrite));
+        let result = result.and_then(|committed| self.sync_made_dirs(&dest).map(|()| committed));
+        let _ = reply.send(result);
+    }
+
+    /// Sync every made directory not yet durable into its parent (one
+    /// `fsync` per parent), so that none waits for a file of its own. An
+    /// error is `dest`'s only for a directory above it; a directory that
+    /// failed is kept for its own files, and one that is gone is dropped,
+    /// as no file of ours can be in it.
+    fn sync_made_dirs(&self, dest: &Path) -> io::Result<()> {
+        let mut synced: HashMap<PathBuf, Option<(io::ErrorKind, String)>> = HashMap::new();
+        let mut kept = Vec::new();
+        let mut result = Ok(());
+        for dir in self.made.take() {
+            let parent = dir.path.parent().map(Path::to_owned).unwrap_or_default();
+            let failed = synced
+                .entry(parent)
+                .or_insert_with(|| (self.sync_dir)(&dir.path).err().map(|e| (e.kind(), e.to_string())));
+            let Some((kind, text)) = failed else { continue };
+            if *kind == io::ErrorKind::NotFound {
+                continue;
+            }
+            if result.is_ok() && dest.starts_with(&dir.path) {
+                let text = format!("cannot make the new directory {} durable: {text}", dir.path.display());
+                result = Err(io::Error::new(*kind, text));
+            }
+            kept.push(dir);
+        }
+        self.made.restore(kept);
+        result
     }
 }
 
@@ -285,12 +342,6 @@ fn stage(job: Job<Complete>) -> Option<Job<Staged>> {
             None
         }
     }
-}
-
-/// fsync the file, move it into place, make the move durable.
-fn commit_alone(job: Job<Staged>) {
-    let Job { file, dest, overwrite, reply, .. } = job;
-    let _ = reply.send(file.sync().and_then(|file| file.place_durably(&dest, overwrite)));
 }
 
 /// Whether `syncfs` reports write errors: Linux 5.8 and later.
@@ -375,7 +426,87 @@ mod tests {
         let sentinel = File::open(dir).unwrap();
         let dev = sentinel.metadata().unwrap().dev();
         let sentinels = Arc::new(Mutex::new(HashMap::from([(dev, Arc::new(sentinel))])));
-        Thread { sentinels: Some(sentinels), placed: Vec::new(), barrier }
+        Thread {
+            sentinels: Some(sentinels),
+            placed: Vec::new(),
+            made: Arc::default(),
+            barrier,
+            sync_dir: fsx::sync_dir,
+        }
+    }
+
+    /// `a/b` made under `dir`, as the run would, and noted in `thread`.
+    fn make_dirs(thread: &Thread, dir: &Path, path: &str) -> Vec<PathBuf> {
+        let made = crate::dest::create_dirs(&dir.join(path)).unwrap();
+        thread.made.record(made.clone());
+        made
+    }
+
+    #[test]
+    fn a_lone_file_has_each_new_directory_above_it_synced_into_its_parent() {
+        static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+        fn recording(dir: &Path) -> io::Result<()> {
+            SYNCED.lock().unwrap().push(dir.to_owned());
+            fsx::sync_dir(dir)
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut thread = thread(tmp.path(), syncfs);
+        thread.sync_dir = recording;
+        let made = make_dirs(&thread, tmp.path(), "a/b");
+        assert_eq!(made, [tmp.path().join("a"), tmp.path().join("a/b")], "outermost first");
+        let (lone, mut answer) = job(&tmp.path().join("a/b/f"), b"f");
+        thread.commit(vec![lone]);
+        assert_eq!(answer.try_recv().unwrap().unwrap(), Committed::Renamed);
+        assert_eq!(*SYNCED.lock().unwrap(), made, "each into its parent, once");
+        assert!(thread.made.take().is_empty(), "nothing left owed");
+        // A directory that was there is neither listed nor synced again.
+        assert!(crate::dest::create_dirs(&tmp.path().join("a/b")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_barrier_covers_the_directories_made_before_it_on_its_filesystems() {
+        fn never(dir: &Path) -> io::Result<()> {
+            panic!("{} synced on its own under a barrier", dir.display())
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut thread = thread(tmp.path(), syncfs);
+        thread.sync_dir = never;
+        make_dirs(&thread, tmp.path(), "x/y");
+        let elsewhere = crate::dest::MadeDir { path: "/elsewhere".into(), dev: u64::MAX };
+        thread.made.restore([elsewhere.clone()]);
+        let (first, _) = job(&tmp.path().join("x/y/1"), b"1");
+        let (second, _) = job(&tmp.path().join("x/y/2"), b"2");
+        thread.commit(vec![first, second]);
+        assert_eq!(thread.made.take(), [elsewhere], "kept: no barrier on its filesystem");
+    }
+
+    #[test]
+    fn a_failed_directory_sync_fails_only_the_files_below_that_directory() {
+        fn failing_bad(dir: &Path) -> io::Result<()> {
+            if dir.ends_with("bad") {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            } else {
+                fsx::sync_dir(dir)
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut thread = thread(tmp.path(), syncfs);
+        thread.sync_dir = failing_bad;
+        // The fake fails `p/bad` into `p`; the one `fsync` of `tmp`
+        // serves `p` and `q`.
+        make_dirs(&thread, tmp.path(), "p/bad");
+        make_dirs(&thread, tmp.path(), "q/good");
+        let (good, mut good_answer) = job(&tmp.path().join("q/good/f"), b"g");
+        thread.commit(vec![good]);
+        assert_eq!(good_answer.try_recv().unwrap().unwrap(), Committed::Renamed);
+        let (bad, mut bad_answer) = job(&tmp.path().join("p/bad/f"), b"b");
+        thread.commit(vec![bad]);
+        let error = bad_answer.try_recv().unwrap().unwrap_err();
+        assert!(
+            error.to_string().contains("cannot make the new directory") && error.to_string().contains("bad")
+        );
+        assert_eq!(std::fs::read(tmp.path().join("p/bad/f")).unwrap(), b"b", "the file is whole, in place");
+        assert_eq!(thread.made.take().len(), 1, "still owed, for the next file there");
     }
 
     #[test]

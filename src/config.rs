@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::cli::{Cli, HeaderArg, HeaderLine, ProgressMode};
-use crate::dest::Rules;
+use crate::dest::{Rules, create_dirs};
 use crate::manifest::Source;
 use crate::progress::{Display, Verbosity};
 use crate::retry::RetryPolicy;
@@ -75,11 +75,11 @@ impl Config {
             Rules::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
         } else {
             // Like wget -P and curl --create-dirs: a missing --dir is created.
-            std::fs::create_dir_all(&cli.dir).map_err(dir_error)?;
+            let made = create_dirs(&cli.dir).map_err(dir_error)?;
             if !cli.dir.is_dir() {
                 return Err(dir_error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
             }
-            Rules::new(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
+            Rules::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?
         };
         let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
         Ok(Config {

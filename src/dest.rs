@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -53,6 +54,8 @@ pub struct Rules {
     /// directory: until then [`Rules::may_exist`] is true without taking a
     /// lock, and a cron rerun skips every entry at full speed.
     placed: Arc<OnceLock<Placed>>,
+    /// Directories this run made, until their entries are durable.
+    made: Arc<MadeDirs>,
 }
 
 /// A destination's parent directory, ready for files.
@@ -70,10 +73,20 @@ pub struct Parent<'a> {
 const PREPARED_MAX: usize = 4096;
 
 impl Rules {
-    /// `dir` must exist; [`crate::config`] creates it first.
-    pub fn new(dir: PathBuf, allow_escape: bool) -> io::Result<Self> {
+    /// `dir` must exist; [`crate::config`] creates it first, and `made`
+    /// are the directories it made for that ([`create_dirs`]).
+    pub fn new(dir: PathBuf, allow_escape: bool, made: Vec<PathBuf>) -> io::Result<Self> {
         let canonical_dir = dir.canonicalize()?;
-        Ok(Rules { dir, canonical_dir, allow_escape, prepared: Arc::default(), placed: Arc::default() })
+        let rules = Rules {
+            dir,
+            canonical_dir,
+            allow_escape,
+            prepared: Arc::default(),
+            placed: Arc::default(),
+            made: Arc::default(),
+        };
+        rules.made.record(made);
+        Ok(rules)
     }
 
     /// Resolve a manifest path against `--dir`, lexically.
@@ -130,7 +143,20 @@ impl Rules {
     /// Rules for a `--dir` that does not exist yet (a dry run creates nothing).
     pub fn planned(dir: PathBuf, allow_escape: bool) -> io::Result<Self> {
         let canonical_dir = std::path::absolute(&dir)?;
-        Ok(Rules { dir, canonical_dir, allow_escape, prepared: Arc::default(), placed: Arc::default() })
+        Ok(Rules {
+            dir,
+            canonical_dir,
+            allow_escape,
+            prepared: Arc::default(),
+            placed: Arc::default(),
+            made: Arc::default(),
+        })
+    }
+
+    /// The directories this run made whose entries are not known to be
+    /// durable yet: the committer's to make so.
+    pub fn made_dirs(&self) -> Arc<MadeDirs> {
+        self.made.clone()
     }
 
     /// Create the destination's missing parent directories, first making
@@ -147,11 +173,15 @@ impl Rules {
                 // Made before any directory: another entry may place a file
                 // in this one as soon as it exists, and must find a filter.
                 let placed = self.placed.get_or_init(Placed::default);
-                let fresh = create_dir(parent)?;
+                let made = create_dirs(parent)?;
+                let fresh = made.last().is_some_and(|dir| dir == parent);
                 if fresh {
                     // A later destination may name the directory itself.
                     placed.insert(parent);
                 }
+                // Recorded before another entry can find the directory
+                // prepared and commit a file into it.
+                self.made.record(made);
                 fresh
             }
             None => false,
@@ -286,24 +316,78 @@ pub enum PrepareError {
     Io(#[from] io::Error),
 }
 
-/// Create `dir` and its missing ancestors, as `create_dir_all` does; true
-/// when `dir` itself was made here (another process racing us makes it
-/// theirs).
-fn create_dir(dir: &Path) -> io::Result<bool> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(up) = dir.parent() {
-                std::fs::create_dir_all(up)?;
+/// Create `dir` and its missing ancestors, as `create_dir_all` does, and
+/// return the ones made here, outermost first: one that a racing process
+/// made is not listed, nor one that was there.
+pub fn create_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    let mut made = Vec::new();
+    loop {
+        match std::fs::create_dir(at) {
+            Ok(()) => {
+                made.push(at.to_owned());
+                break;
             }
-            match std::fs::create_dir(dir) {
-                Ok(()) => Ok(true),
-                Err(_) if dir.is_dir() => Ok(false),
-                Err(e) => Err(e),
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match at.parent() {
+                Some(up) if !up.as_os_str().is_empty() => {
+                    missing.push(at);
+                    at = up;
+                }
+                _ => return Err(e),
+            },
+            Err(_) if at.is_dir() => break,
+            Err(e) => return Err(e),
         }
-        Err(_) if dir.is_dir() => Ok(false),
-        Err(e) => Err(e),
+    }
+    for at in missing.into_iter().rev() {
+        match std::fs::create_dir(at) {
+            Ok(()) => made.push(at.to_owned()),
+            Err(_) if at.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(made)
+}
+
+/// Directories this run made whose own entries, in their parents, are not
+/// known to be durable yet. A file's `fsync` and its directory's make the
+/// file and its name durable, but not the chain of new directories above
+/// it; on a filesystem without a journal that takes an `fsync` of each new
+/// directory's parent, or a barrier ([`crate::commit`]).
+#[derive(Debug, Default)]
+pub struct MadeDirs {
+    dirs: Mutex<Vec<MadeDir>>,
+}
+
+/// A directory this run made, and its filesystem (`st_dev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeDir {
+    pub path: PathBuf,
+    pub dev: u64,
+}
+
+impl MadeDirs {
+    /// Note directories just made; one that is gone already (another
+    /// process removed it) is left out, as no file of ours can be in it.
+    pub fn record(&self, made: Vec<PathBuf>) {
+        let Some(dev) = made.last().and_then(|dir| std::fs::metadata(dir).ok()).map(|m| m.dev()) else {
+            return;
+        };
+        // New directories are on their existing parent's filesystem: a
+        // mount point cannot be in a directory that did not exist.
+        let made = made.into_iter().map(|path| MadeDir { path, dev });
+        self.dirs.lock().expect("made dirs poisoned").extend(made);
+    }
+
+    /// Take every directory noted so far.
+    pub fn take(&self) -> Vec<MadeDir> {
+        std::mem::take(&mut *self.dirs.lock().expect("made dirs poisoned"))
+    }
+
+    /// Give back directories whose entries are still not durable.
+    pub fn restore(&self, dirs: impl IntoIterator<Item = MadeDir>) {
+        self.dirs.lock().expect("made dirs poisoned").extend(dirs);
     }
 }
 
@@ -347,13 +431,14 @@ mod tests {
             allow_escape: allow,
             prepared: Arc::default(),
             placed: Arc::default(),
+            made: Arc::default(),
         }
     }
 
     #[test]
     fn only_placed_destinations_may_exist_in_a_directory_this_run_created() {
         let tmp = tempfile::tempdir().unwrap();
-        let r = Rules::new(tmp.path().to_owned(), false).unwrap();
+        let r = Rules::new(tmp.path().to_owned(), false, Vec::new()).unwrap();
         std::fs::create_dir(tmp.path().join("old")).unwrap();
         let (old, new) = (tmp.path().join("old/a"), tmp.path().join("new/a"));
         assert!(r.may_exist(&new), "not yet known to be created here");

@@ -123,10 +123,11 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
         .spawn(move || reader.read_all(sources, &tx))
         .map_err(Error::Runtime)?;
 
+    let committer = Committer::start(config.rules.made_dirs()).map_err(Error::Runtime)?;
     let ctx = Arc::new(Context {
         clients,
         limits: Limits::new(config.jobs, config.per_host),
-        committer: Committer::start().map_err(Error::Runtime)?,
+        committer,
         split: config.split,
         destinations: Keyed::new(1),
         rules: config.rules,

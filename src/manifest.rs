@@ -369,7 +369,7 @@ mod tests {
     use super::*;
 
     fn rules() -> Rules {
-        Rules::new(".".into(), false).unwrap()
+        Rules::new(".".into(), false, Vec::new()).unwrap()
     }
 
     fn parse(line: &str) -> Result<Option<Spec>, LineError> {
