@@ -36,8 +36,9 @@
 //! `syncfs` reports an error through the file descriptor it is called on,
 //! for errors since that descriptor was opened. The barrier's descriptor for
 //! a filesystem (its sentinel) is therefore opened by [`Committer::watch`]
-//! when the first destination directory on it is prepared, before any file
-//! of the run is written there.
+//! when the run starts for `--dir`'s, and for another when the first
+//! destination directory on it is prepared, before any file of the run is
+//! written there.
 
 use std::collections::HashMap;
 use std::fs::File;

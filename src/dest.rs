@@ -153,6 +153,11 @@ impl Rules {
         })
     }
 
+    /// `--dir` as the user wrote it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The directories this run made whose entries are not known to be
     /// durable yet: the committer's to make so.
     pub fn made_dirs(&self) -> Arc<MadeDirs> {

@@ -124,6 +124,9 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
         .map_err(Error::Runtime)?;
 
     let committer = Committer::start(config.rules.made_dirs()).map_err(Error::Runtime)?;
+    // --dir's filesystem has its barrier descriptor before any entry can
+    // write there, even one that finds its directory prepared by another.
+    committer.watch(config.rules.dir());
     let ctx = Arc::new(Context {
         clients,
         limits: Limits::new(config.jobs, config.per_host),
