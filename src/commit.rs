@@ -8,7 +8,9 @@
 //! works on one batch the next gathers:
 //!
 //! 1. files that never left a download's buffer are written, each into a
-//!    file with no name ([`Complete::stage`]), off the runtime's threads;
+//!    file with no name ([`Complete::stage`]), off the runtime's threads:
+//!    by the committer for the tiniest, by a stage thread ahead of it for
+//!    the rest ([`STAGE_APART`]);
 //! 2. one barrier, `syncfs(2)` on each filesystem involved, makes the data of
 //!    the whole batch durable, and with it the moves of the batch before;
 //! 3. the entries of the batch before are answered;
@@ -62,6 +64,15 @@ pub const MAX_BATCH: usize = 512;
 /// meanwhile, or each barrier would idle the network.
 pub const BACKLOG: usize = 2 * MAX_BATCH;
 
+/// Files that never left their buffer and hold at least this many bytes
+/// are written by a thread of their own, ahead of the committer, which is
+/// then left with barriers and links. Writing 2,000 files of 16 KiB made
+/// the committer the slowest stage: medians of 10 alternating runs, 182 ms
+/// with it against 165 ms with the stage thread (curl 154 ms). Moving
+/// one-byte files too cost 12-15% more CPU on 20,000 of them, in wakeups
+/// across the two CPUs, for a write that costs less than the hand-off.
+const STAGE_APART: usize = 4096;
+
 /// Bytes of finished files waiting in memory for the committer to write
 /// them, in KiB. A download waits for room, holding its connection slot.
 const BUFFERED_KIB: usize = 32 * 1024;
@@ -71,6 +82,8 @@ const BUFFERED_KIB: usize = 32 * 1024;
 #[derive(Debug)]
 pub struct Committer {
     jobs: mpsc::Sender<Job<Complete>>,
+    /// To the stage thread, which passes each file on to `jobs` written.
+    to_stage: mpsc::Sender<Job<Complete>>,
     /// `None` when barriers are never used (see [`barriers_supported`]).
     sentinels: Option<Arc<Sentinels>>,
     /// Room for bytes in memory, in KiB.
@@ -138,8 +151,14 @@ impl Committer {
             sync_dir: fsx::sync_dir,
         };
         std::thread::Builder::new().name("commit".into()).spawn(move || thread.run(&queue))?;
+        let (to_stage, staging) = mpsc::channel();
+        let staged = jobs.clone();
+        // Ends when the last handle is dropped; the committer then ends
+        // once the files staged by then are committed.
+        std::thread::Builder::new().name("stage".into()).spawn(move || stage_ahead(&staging, &staged))?;
         Ok(Committer {
             jobs,
+            to_stage,
             sentinels,
             buffered: Arc::new(Semaphore::new(BUFFERED_KIB)),
             in_flight: Arc::default(),
@@ -175,15 +194,16 @@ impl Committer {
     /// files fill [`BUFFERED_KIB`].
     pub async fn submit(&self, partial: Partial, dest: PathBuf, overwrite: bool) -> io::Result<Pending> {
         let file = partial.finish()?;
-        let room = match &file {
+        let (room, queue) = match &file {
             Complete::Buffered { bytes, .. } => {
                 let kib = (bytes.len() / 1024).clamp(1, BUFFERED_KIB) as u32;
-                Some(self.buffered.clone().acquire_many_owned(kib).await.map_err(|_| stopped())?)
+                let room = self.buffered.clone().acquire_many_owned(kib).await.map_err(|_| stopped())?;
+                (Some(room), if bytes.len() >= STAGE_APART { &self.to_stage } else { &self.jobs })
             }
-            Complete::Staged(_) => None,
+            Complete::Staged(_) => (None, &self.jobs),
         };
         let (reply, done) = oneshot::channel();
-        self.jobs.send(Job { file, dest, overwrite, reply, room }).map_err(|_| stopped())?;
+        queue.send(Job { file, dest, overwrite, reply, room }).map_err(|_| stopped())?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Pending { done, in_flight: self.in_flight.clone() })
     }
@@ -328,6 +348,17 @@ impl Thread {
         }
         self.made.restore(kept);
         result
+    }
+}
+
+/// The stage thread: write each file and pass it on to the committer.
+fn stage_ahead(queue: &mpsc::Receiver<Job<Complete>>, committer: &mpsc::Sender<Job<Complete>>) {
+    for job in queue.iter().filter_map(stage) {
+        let Job { file, dest, overwrite, reply, room } = job;
+        let job = Job { file: Complete::Staged(file), dest, overwrite, reply, room };
+        if let Err(mpsc::SendError(job)) = committer.send(job) {
+            let _ = job.reply.send(Err(stopped()));
+        }
     }
 }
 
