@@ -77,16 +77,22 @@ impl Rules {
     /// are the directories it made for that ([`create_dirs`]).
     pub fn new(dir: PathBuf, allow_escape: bool, made: Vec<PathBuf>) -> io::Result<Self> {
         let canonical_dir = dir.canonicalize()?;
-        let rules = Rules {
+        let rules = Rules::resolved(dir, canonical_dir, allow_escape);
+        rules.made.record(made);
+        Ok(rules)
+    }
+
+    /// Rules for `dir`, whose symlink-free form is `canonical_dir`, with
+    /// nothing prepared, placed or made yet.
+    fn resolved(dir: PathBuf, canonical_dir: PathBuf, allow_escape: bool) -> Self {
+        Rules {
             dir,
             canonical_dir,
             allow_escape,
             prepared: Arc::default(),
             placed: Arc::default(),
             made: Arc::default(),
-        };
-        rules.made.record(made);
-        Ok(rules)
+        }
     }
 
     /// Resolve a manifest path against `--dir`, lexically.
@@ -143,14 +149,7 @@ impl Rules {
     /// Rules for a `--dir` that does not exist yet (a dry run creates nothing).
     pub fn planned(dir: PathBuf, allow_escape: bool) -> io::Result<Self> {
         let canonical_dir = std::path::absolute(&dir)?;
-        Ok(Rules {
-            dir,
-            canonical_dir,
-            allow_escape,
-            prepared: Arc::default(),
-            placed: Arc::default(),
-            made: Arc::default(),
-        })
+        Ok(Rules::resolved(dir, canonical_dir, allow_escape))
     }
 
     /// `--dir` as the user wrote it.
@@ -430,14 +429,7 @@ mod tests {
     use super::*;
 
     fn rules(dir: &str, allow: bool) -> Rules {
-        Rules {
-            dir: dir.into(),
-            canonical_dir: "/canon".into(),
-            allow_escape: allow,
-            prepared: Arc::default(),
-            placed: Arc::default(),
-            made: Arc::default(),
-        }
+        Rules::resolved(dir.into(), "/canon".into(), allow)
     }
 
     #[test]
