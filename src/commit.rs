@@ -293,20 +293,12 @@ impl Thread {
     fn give_up_barriers(&mut self, error: &io::Error, batch: Vec<Job<Staged>>) {
         self.sentinels = None;
         // These files' bytes were durable before their moves; only the
-        // moves remain to be made so. One fsync per directory: a write
-        // error is reported to the first descriptor that checks, so every
-        // entry of a directory takes that one answer.
-        let mut dirs: HashMap<PathBuf, Option<(io::ErrorKind, String)>> = HashMap::new();
+        // moves remain to be made so, one fsync per directory.
+        let mut dirs = DirSyncs::default();
         for Placed { dest, reply, .. } in self.placed.drain(..) {
-            let dir = dest.parent().map(Path::to_owned).unwrap_or_default();
-            let synced = dirs.entry(dir).or_insert_with(|| {
-                fsx::sync_dir(&dest)
-                    .err()
-                    .map(|e| (e.kind(), format!("{e} (after a barrier failed: {error})")))
-            });
-            let result = match synced {
+            let result = match dirs.sync(&dest, fsx::sync_dir) {
                 None => Ok(Committed::Renamed),
-                Some((kind, text)) => Err(io::Error::new(*kind, text.clone())),
+                Some(e) => Err(io::Error::new(e.kind(), format!("{e} (after a barrier failed: {error})"))),
             };
             let _ = reply.send(result);
         }
@@ -328,26 +320,38 @@ impl Thread {
     /// failed is kept for its own files, and one that is gone is dropped,
     /// as no file of ours can be in it.
     fn sync_made_dirs(&self, dest: &Path) -> io::Result<()> {
-        let mut synced: HashMap<PathBuf, Option<(io::ErrorKind, String)>> = HashMap::new();
+        let mut dirs = DirSyncs::default();
         let mut kept = Vec::new();
         let mut result = Ok(());
         for dir in self.made.take() {
-            let parent = dir.path.parent().map(Path::to_owned).unwrap_or_default();
-            let failed = synced
-                .entry(parent)
-                .or_insert_with(|| (self.sync_dir)(&dir.path).err().map(|e| (e.kind(), e.to_string())));
-            let Some((kind, text)) = failed else { continue };
-            if *kind == io::ErrorKind::NotFound {
+            let Some(e) = dirs.sync(&dir.path, self.sync_dir) else { continue };
+            if e.kind() == io::ErrorKind::NotFound {
                 continue;
             }
             if result.is_ok() && dest.starts_with(&dir.path) {
-                let text = format!("cannot make the new directory {} durable: {text}", dir.path.display());
-                result = Err(io::Error::new(*kind, text));
+                let text = format!("cannot make the new directory {} durable: {e}", dir.path.display());
+                result = Err(io::Error::new(e.kind(), text));
             }
             kept.push(dir);
         }
         self.made.restore(kept);
         result
+    }
+}
+
+/// Directories synced in one pass, each with its error: a write error is
+/// reported to the first descriptor that checks, so every entry of a
+/// directory takes that one answer.
+#[derive(Debug, Default)]
+struct DirSyncs(HashMap<PathBuf, Option<(io::ErrorKind, String)>>);
+
+impl DirSyncs {
+    /// `sync(path)`, which syncs the directory `path` is in, unless that
+    /// directory was synced already; the error, if it failed.
+    fn sync(&mut self, path: &Path, sync: fn(&Path) -> io::Result<()>) -> Option<io::Error> {
+        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        let failed = self.0.entry(dir).or_insert_with(|| sync(path).err().map(|e| (e.kind(), e.to_string())));
+        failed.as_ref().map(|(kind, text)| io::Error::new(*kind, text.clone()))
     }
 }
 
