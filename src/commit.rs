@@ -45,7 +45,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -53,7 +52,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::dest::MadeDirs;
-use crate::fsx::{self, Committed, Complete, Partial, Staged};
+use crate::fsx::{self, Committed, Complete, Dir, Partial, Staged};
 
 /// Files in one batch at most: bounds how long a batch waits for its
 /// barrier, and the descriptors held meanwhile.
@@ -134,6 +133,7 @@ struct Job<F> {
 struct Placed {
     dest: PathBuf,
     dev: u64,
+    dir: Dir,
     reply: oneshot::Sender<io::Result<Committed>>,
 }
 
@@ -148,7 +148,7 @@ impl Committer {
             placed: Vec::new(),
             made,
             barrier: syncfs,
-            sync_dir: fsx::sync_dir,
+            sync_dir: fsx::sync_parent,
         };
         std::thread::Builder::new().name("commit".into()).spawn(move || thread.run(&queue))?;
         let (to_stage, staging) = mpsc::channel();
@@ -172,18 +172,19 @@ impl Committer {
 
     /// Note a destination directory before files are created in it, so that
     /// its filesystem has a sentinel for barriers.
-    pub fn watch(&self, dir: &Path) {
+    pub fn watch(&self, dir: &Dir) {
         let Some(sentinels) = &self.sentinels else { return };
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        let Ok(meta) = std::fs::metadata(dir) else { return };
+        let Ok(stat) = rustix::fs::fstat(&**dir) else { return };
         let mut map = sentinels.lock().expect("sentinels poisoned");
-        if map.contains_key(&meta.dev()) {
+        if map.contains_key(&stat.st_dev) {
             return;
         }
-        if let Ok(file) = File::open(dir)
+        // The same open file as `dir`, opened before any file was written
+        // below it: syncfs reports errors since then.
+        if let Ok(file) = dir.try_clone().map(File::from)
             && local_filesystem(&file)
         {
-            map.insert(meta.dev(), Arc::new(file));
+            map.insert(stat.st_dev, Arc::new(file));
         }
     }
 
@@ -217,7 +218,7 @@ struct Thread {
     made: Arc<MadeDirs>,
     /// [`syncfs`]; another function in tests.
     barrier: fn(&File) -> io::Result<()>,
-    /// [`fsx::sync_dir`], for made directories; another function in tests.
+    /// [`fsx::sync_parent`], for made directories; another function in tests.
     sync_dir: fn(&Path) -> io::Result<()>,
 }
 
@@ -269,9 +270,9 @@ impl Thread {
             let _ = placed.reply.send(Ok(Committed::Renamed));
         }
         for Job { file, dest, overwrite, reply, .. } in barred {
-            let dev = file.dev();
-            match file.place(&dest, overwrite) {
-                Ok(Committed::Renamed) => self.placed.push(Placed { dest, dev, reply }),
+            let (dev, dir) = (file.dev(), file.dir().clone());
+            match file.place(overwrite) {
+                Ok(Committed::Renamed) => self.placed.push(Placed { dest, dev, dir, reply }),
                 other => {
                     let _ = reply.send(other);
                 }
@@ -295,8 +296,8 @@ impl Thread {
         // These files' bytes were durable before their moves; only the
         // moves remain to be made so, one fsync per directory.
         let mut dirs = DirSyncs::default();
-        for Placed { dest, reply, .. } in self.placed.drain(..) {
-            let result = match dirs.sync(&dest, fsx::sync_dir) {
+        for Placed { dest, dir, reply, .. } in self.placed.drain(..) {
+            let result = match dirs.sync(&dest, || fsx::sync_dir(&dir)) {
                 None => Ok(Committed::Renamed),
                 Some(e) => Err(io::Error::new(e.kind(), format!("{e} (after a barrier failed: {error})"))),
             };
@@ -309,7 +310,7 @@ impl Thread {
     /// directories above it that the run made.
     fn commit_alone(&self, job: Job<Staged>) {
         let Job { file, dest, overwrite, reply, .. } = job;
-        let result = file.sync().and_then(|file| file.place_durably(&dest, overwrite));
+        let result = file.sync().and_then(|file| file.place_durably(overwrite));
         let result = result.and_then(|committed| self.sync_made_dirs(&dest).map(|()| committed));
         let _ = reply.send(result);
     }
@@ -324,7 +325,7 @@ impl Thread {
         let mut kept = Vec::new();
         let mut result = Ok(());
         for dir in self.made.take() {
-            let Some(e) = dirs.sync(&dir.path, self.sync_dir) else { continue };
+            let Some(e) = dirs.sync(&dir.path, || (self.sync_dir)(&dir.path)) else { continue };
             if e.kind() == io::ErrorKind::NotFound {
                 continue;
             }
@@ -346,11 +347,11 @@ impl Thread {
 struct DirSyncs(HashMap<PathBuf, Option<(io::ErrorKind, String)>>);
 
 impl DirSyncs {
-    /// `sync(path)`, which syncs the directory `path` is in, unless that
+    /// `sync()`, which syncs the directory `path` is in, unless that
     /// directory was synced already; the error, if it failed.
-    fn sync(&mut self, path: &Path, sync: fn(&Path) -> io::Result<()>) -> Option<io::Error> {
+    fn sync(&mut self, path: &Path, sync: impl FnOnce() -> io::Result<()>) -> Option<io::Error> {
         let dir = path.parent().map(Path::to_owned).unwrap_or_default();
-        let failed = self.0.entry(dir).or_insert_with(|| sync(path).err().map(|e| (e.kind(), e.to_string())));
+        let failed = self.0.entry(dir).or_insert_with(|| sync().err().map(|e| (e.kind(), e.to_string())));
         failed.as_ref().map(|(kind, text)| io::Error::new(*kind, text.clone()))
     }
 }
@@ -451,7 +452,8 @@ mod tests {
 
     /// A job for `dest` holding `bytes` in memory, and its answer.
     fn job(dest: &Path, bytes: &[u8]) -> (Job<Complete>, oneshot::Receiver<io::Result<Committed>>) {
-        let Ok(Opened::Locked(mut partial)) = Partial::open(dest, true) else { panic!("not locked") };
+        let dir = Arc::new(crate::dest::open_dir(dest.parent().unwrap()).unwrap());
+        let Ok(Opened::Locked(mut partial)) = Partial::open(dir, dest, true) else { panic!("not locked") };
         partial.write(bytes).unwrap();
         let (reply, done) = oneshot::channel();
         let file = partial.finish().unwrap();
@@ -460,14 +462,14 @@ mod tests {
 
     fn thread(dir: &Path, barrier: fn(&File) -> io::Result<()>) -> Thread {
         let sentinel = File::open(dir).unwrap();
-        let dev = sentinel.metadata().unwrap().dev();
+        let dev = std::os::unix::fs::MetadataExt::dev(&sentinel.metadata().unwrap());
         let sentinels = Arc::new(Mutex::new(HashMap::from([(dev, Arc::new(sentinel))])));
         Thread {
             sentinels: Some(sentinels),
             placed: Vec::new(),
             made: Arc::default(),
             barrier,
-            sync_dir: fsx::sync_dir,
+            sync_dir: fsx::sync_parent,
         }
     }
 
@@ -483,7 +485,7 @@ mod tests {
         static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
         fn recording(dir: &Path) -> io::Result<()> {
             SYNCED.lock().unwrap().push(dir.to_owned());
-            fsx::sync_dir(dir)
+            fsx::sync_parent(dir)
         }
         let tmp = tempfile::tempdir().unwrap();
         let mut thread = thread(tmp.path(), syncfs);
@@ -522,7 +524,7 @@ mod tests {
             if dir.ends_with("bad") {
                 Err(io::Error::from_raw_os_error(libc::EIO))
             } else {
-                fsx::sync_dir(dir)
+                fsx::sync_parent(dir)
             }
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -79,7 +79,11 @@ impl Config {
             if !cli.dir.is_dir() {
                 return Err(dir_error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
             }
-            Rules::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?
+            // No destination may overwrite the run's own files.
+            let report = cli.report.iter().map(|path| (path.clone(), "--report file"));
+            let manifests = sources.iter().filter_map(|s| Some((s.path.clone()?, "manifest")));
+            let protected: Vec<_> = report.chain(manifests).collect();
+            Rules::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?.protecting(&protected)
         };
         let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
         Ok(Config {

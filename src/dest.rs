@@ -4,16 +4,32 @@
 //!
 //! Resolution is lexical (no filesystem access) so that manifest lines can be
 //! judged as they stream in. Symlinks are the one escape lexical checks
-//! cannot see; [`Rules::prepare_parent`] checks them against the real
-//! filesystem just before the parent directories are created.
+//! cannot see, so a destination's directory is never reached by its path:
+//! [`Rules::prepare_parent`] opens it from a handle on `--dir` held for the
+//! whole run, with `openat2(RESOLVE_BENEATH)` (or, before Linux 5.6, one
+//! component at a time without following symlinks), creating what is
+//! missing with `mkdirat` on the handle of the directory above. The kernel
+//! refuses any step that would leave `--dir`, at the moment it is taken,
+//! and every file of the entry is then created, renamed and removed
+//! through that handle ([`crate::fsx`]): a component swapped for a
+//! symlink later cannot redirect a write. Another process can only move a
+//! directory we hold to a place it may write to itself, and our file goes
+//! with it. With `-P` the user's paths are followed as given.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::hash::{DefaultHasher, Hasher};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use crate::fsx::Dir;
 
 use percent_encoding::percent_decode_str;
 use reqwest::Url;
@@ -35,6 +51,8 @@ pub enum DestError {
     NoNameInUrl,
     #[error("file name taken from the URL, {0:?}, contains '/'; give a destination path")]
     SlashInUrlName(String),
+    #[error("destination path {0:?} is this run's {1}; refusing to write over it")]
+    Protected(String, &'static str),
 }
 
 /// Where destinations go and what they may be.
@@ -56,12 +74,39 @@ pub struct Rules {
     placed: Arc<OnceLock<Placed>>,
     /// Directories this run made, until their entries are durable.
     made: Arc<MadeDirs>,
+    /// `--dir`, opened when the run starts; `None` for a dry run, which
+    /// opens nothing.
+    root: Option<Dir>,
+    /// Handles on the directories that entries in flight hold, shared by
+    /// the entries of one directory and closed with the last of them.
+    handles: Arc<Mutex<HashMap<PathBuf, Weak<OwnedFd>>>>,
+    /// Files no destination may be: the report and the manifests.
+    protected: Arc<[Protected]>,
+    /// Directories this run made for entries, for [`Rules::remove_empty`].
+    cleanup: Arc<Mutex<Vec<PathBuf>>>,
 }
 
+/// A file of the run's own that a destination must not be: the name, and
+/// the directory it is in (`st_dev`, `st_ino`).
+#[derive(Debug, Clone)]
+struct Protected {
+    name: OsString,
+    dir: (u64, u64),
+    what: &'static str,
+}
+
+/// Handles remembered at most before the closed ones are forgotten.
+const HANDLES_MAX: usize = 1024;
+/// Made directories remembered for removal if they end up empty; past
+/// this many the rest are left, so that memory stays flat.
+const CLEANUP_MAX: usize = 10_000;
+
 /// A destination's parent directory, ready for files.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Parent<'a> {
     pub dir: &'a Path,
+    /// The directory, open: every file of the entry is reached through it.
+    pub handle: Dir,
     /// The first time this run prepared it.
     pub first: bool,
     /// Created by this run, so it holds no partial file of an earlier run
@@ -77,9 +122,17 @@ impl Rules {
     /// are the directories it made for that ([`create_dirs`]).
     pub fn new(dir: PathBuf, allow_escape: bool, made: Vec<PathBuf>) -> io::Result<Self> {
         let canonical_dir = dir.canonicalize()?;
-        let rules = Rules::resolved(dir, canonical_dir, allow_escape);
+        let mut rules = Rules::resolved(dir, canonical_dir, allow_escape);
+        rules.root = Some(Arc::new(open_dir(&rules.dir)?));
         rules.made.record(made);
         Ok(rules)
+    }
+
+    /// No destination may be one of `files` (the report, the manifests),
+    /// each given with what it is.
+    pub fn protecting(mut self, files: &[(PathBuf, &'static str)]) -> Self {
+        self.protected = files.iter().filter_map(|(path, what)| Protected::of(path, what)).collect();
+        self
     }
 
     /// Rules for `dir`, whose symlink-free form is `canonical_dir`, with
@@ -92,6 +145,10 @@ impl Rules {
             prepared: Arc::default(),
             placed: Arc::default(),
             made: Arc::default(),
+            root: None,
+            handles: Arc::default(),
+            protected: Arc::new([]),
+            cleanup: Arc::default(),
         }
     }
 
@@ -163,39 +220,136 @@ impl Rules {
         self.made.clone()
     }
 
-    /// Create the destination's missing parent directories, first making
-    /// sure that no symlink among the existing ones leads outside `--dir`.
+    /// `--dir`, open; `None` in a dry run.
+    pub fn root(&self) -> Option<&Dir> {
+        self.root.as_ref()
+    }
+
+    /// Open the destination's directory, creating what is missing of it,
+    /// never leaving `--dir` on the way (see the module's comment).
     pub fn prepare_parent<'a>(&self, dest: &'a Path) -> Result<Parent<'a>, PrepareError> {
-        let Some(parent) = dest.parent() else {
-            return Ok(Parent { dir: Path::new("/"), first: false, fresh: false });
-        };
-        if let Some(&fresh) = self.prepared.lock().expect("prepared set poisoned").get(parent) {
-            return Ok(Parent { dir: parent, first: false, fresh });
+        let parent = dest.parent().unwrap_or(Path::new(""));
+        let known = self.prepared.lock().expect("prepared set poisoned").get(parent).copied();
+        // Made before any directory: another entry may place a file in
+        // this one as soon as it exists, and must find a filter.
+        let placed = self.placed.get_or_init(Placed::default);
+        let (handle, made) = self.open_parent(parent)?;
+        let fresh = known.unwrap_or_else(|| made.last().is_some_and(|dir| dir == parent));
+        if known.is_none() && fresh {
+            // A later destination may name the directory itself.
+            placed.insert(parent);
         }
-        let fresh = match self.check_parent(dest)? {
-            Some(parent) => {
-                // Made before any directory: another entry may place a file
-                // in this one as soon as it exists, and must find a filter.
-                let placed = self.placed.get_or_init(Placed::default);
-                let made = create_dirs(parent)?;
-                let fresh = made.last().is_some_and(|dir| dir == parent);
-                if fresh {
-                    // A later destination may name the directory itself.
-                    placed.insert(parent);
-                }
-                // Recorded before another entry can find the directory
-                // prepared and commit a file into it.
-                self.made.record(made);
-                fresh
+        if !made.is_empty() {
+            let mut cleanup = self.cleanup.lock().expect("cleanup list poisoned");
+            let room = CLEANUP_MAX.saturating_sub(cleanup.len());
+            cleanup.extend(made.iter().take(room).cloned());
+        }
+        // Recorded before another entry can find the directory prepared
+        // and commit a file into it.
+        self.made.record(made);
+        if known.is_none() {
+            let mut prepared = self.prepared.lock().expect("prepared set poisoned");
+            if prepared.len() >= PREPARED_MAX {
+                prepared.clear();
             }
-            None => false,
-        };
-        let mut prepared = self.prepared.lock().expect("prepared set poisoned");
-        if prepared.len() >= PREPARED_MAX {
-            prepared.clear();
+            prepared.insert(parent.to_owned(), fresh);
         }
-        prepared.insert(parent.to_owned(), fresh);
-        Ok(Parent { dir: parent, first: true, fresh })
+        Ok(Parent { dir: parent, handle, first: known.is_none(), fresh })
+    }
+
+    /// A handle on `parent`, shared with the entries in flight there, and
+    /// the directories made to have it.
+    fn open_parent(&self, parent: &Path) -> Result<(Dir, Vec<PathBuf>), PrepareError> {
+        let mut handles = self.handles.lock().expect("handles poisoned");
+        if let Some(handle) = handles.get(parent).and_then(Weak::upgrade) {
+            return Ok((handle, Vec::new()));
+        }
+        let (handle, made) = match (&self.root, self.beneath(parent)) {
+            (Some(root), Some(rel)) => self.open_beneath(root, rel)?,
+            _ => {
+                // -P: the user's path, followed as given.
+                let made = if parent.as_os_str().is_empty() { Vec::new() } else { create_dirs(parent)? };
+                (Arc::new(open_dir(parent)?), made)
+            }
+        };
+        if handles.len() >= HANDLES_MAX {
+            handles.retain(|_, handle| handle.strong_count() > 0);
+        }
+        handles.insert(parent.to_owned(), Arc::downgrade(&handle));
+        Ok((handle, made))
+    }
+
+    /// `parent` relative to `--dir`, where it must stay there: every path
+    /// without `-P`.
+    fn beneath<'p>(&self, parent: &'p Path) -> Option<&'p Path> {
+        if self.allow_escape {
+            return None;
+        }
+        if self.dir == Path::new(".") { Some(parent) } else { parent.strip_prefix(&self.dir).ok() }
+    }
+
+    /// Open `rel` below `root`, making its missing directories one at a
+    /// time, each from the handle of the one above; and those made.
+    fn open_beneath(&self, root: &Dir, rel: &Path) -> Result<(Dir, Vec<PathBuf>), PrepareError> {
+        if rel.as_os_str().is_empty() {
+            return Ok((root.clone(), Vec::new()));
+        }
+        let shown = |rel: &Path| if self.dir == Path::new(".") { rel.to_owned() } else { self.dir.join(rel) };
+        let escapes = |at: &Path, e: Errno| match e {
+            Errno::XDEV | Errno::LOOP => PrepareError::Symlink(shown(at)),
+            e => PrepareError::Io(e.into()),
+        };
+        match open_dir_beneath(root, rel) {
+            Ok(fd) => return Ok((Arc::new(fd), Vec::new())),
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(escapes(rel, e)),
+        }
+        let (mut at, mut made, mut handle) = (PathBuf::new(), Vec::new(), root.clone());
+        for name in rel.components().map(Component::as_os_str) {
+            at.push(name);
+            let next = match open_dir_beneath(&handle, Path::new(name)) {
+                Err(Errno::NOENT) => {
+                    match rustix::fs::mkdirat(&handle, name, Mode::from(0o777)) {
+                        Ok(()) => made.push(shown(&at)),
+                        Err(Errno::EXIST) => {}
+                        Err(e) => return Err(PrepareError::Io(e.into())),
+                    }
+                    open_dir_beneath(&handle, Path::new(name))
+                }
+                other => other,
+            };
+            handle = Arc::new(next.map_err(|e| escapes(&at, e))?);
+        }
+        Ok((handle, made))
+    }
+
+    /// Refuse a destination that is one of the run's own files, the
+    /// report or a manifest, whatever spelling names it: same name, same
+    /// directory. Costs nothing for a name none of them has.
+    pub fn check_protected(&self, dest: &Path) -> Result<(), DestError> {
+        let Some(name) = dest.file_name() else { return Ok(()) };
+        if !self.protected.iter().any(|p| p.name == name) {
+            return Ok(());
+        }
+        // A directory that cannot be opened holds none of them; the
+        // entry's own preparation reports why.
+        let Ok((handle, _)) = self.open_parent(dest.parent().unwrap_or(Path::new(""))) else { return Ok(()) };
+        let Ok(dir) = rustix::fs::fstat(&*handle) else { return Ok(()) };
+        match self.protected.iter().find(|p| p.name == name && p.dir == (dir.st_dev, dir.st_ino)) {
+            Some(p) => Err(DestError::Protected(dest.display().to_string(), p.what)),
+            None => Ok(()),
+        }
+    }
+
+    /// Remove the directories this run made that are still empty, deepest
+    /// first, once no entry is in flight: a run whose entries failed leaves
+    /// no empty tree behind. `--dir` itself stays.
+    pub fn remove_empty(&self) {
+        let made = std::mem::take(&mut *self.cleanup.lock().expect("cleanup list poisoned"));
+        for dir in made.iter().rev() {
+            // Fails, as it should, on a directory holding anything.
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 
     /// Whether `dest` may exist, as far as this run knows without looking:
@@ -316,8 +470,49 @@ impl Placed {
 pub enum PrepareError {
     #[error("{} is a symlink to {}, outside --dir (use -P/--absolute-paths)", dir.display(), target.display())]
     Escapes { dir: PathBuf, target: PathBuf },
+    #[error("{} leads outside --dir through a symlink (use -P/--absolute-paths)", .0.display())]
+    Symlink(PathBuf),
     #[error("cannot create the destination's directory: {0}")]
     Io(#[from] io::Error),
+}
+
+impl Protected {
+    fn of(path: &Path, what: &'static str) -> Option<Protected> {
+        let name = path.file_name()?.to_owned();
+        let dir = std::fs::metadata(match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        })
+        .ok()?;
+        Some(Protected { name, dir: (dir.dev(), dir.ino()), what })
+    }
+}
+
+/// Open the directory at `path`, following symlinks: `--dir` itself, and
+/// the user's own paths under `-P`.
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    Ok(rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// Open the directory `rel` below `dir` without leaving it: the kernel's
+/// `RESOLVE_BENEATH`, or, where `openat2` is missing (before Linux 5.6),
+/// one component at a time with `O_NOFOLLOW`. `EXDEV` or `ELOOP` means a
+/// symlink or `..` would have left `dir`.
+fn open_dir_beneath(dir: &OwnedFd, rel: &Path) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(dir, rel, flags, Mode::empty(), resolve) {
+        Err(Errno::NOSYS) => {}
+        other => return other,
+    }
+    let mut handle: Option<OwnedFd> = None;
+    for part in rel.components() {
+        let Component::Normal(name) = part else { return Err(Errno::XDEV) };
+        let from = handle.as_ref().unwrap_or(dir);
+        handle = Some(rustix::fs::openat(from, name, flags | OFlags::NOFOLLOW, Mode::empty())?);
+    }
+    handle.map_or_else(|| rustix::io::dup(dir), Ok)
 }
 
 /// Create `dir` and its missing ancestors, as `create_dir_all` does, and

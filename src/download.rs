@@ -158,6 +158,10 @@ fn exists(path: &Path) -> bool {
 
 async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result<Done, DownloadError> {
     let dest = &entry.dest;
+    ctx.rules.check_protected(dest).map_err(|error| DownloadError::Invalid {
+        location: entry.location.clone(),
+        error: LineError::Dest(error),
+    })?;
     // Not looked for where this run knows it cannot be: a system call per
     // entry saved, 10% of the CPU on 1-byte files in new directories.
     let unknown = !ctx.overwrite && ctx.rules.may_exist(dest);
@@ -183,7 +187,7 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
     }
     let parent = ctx.rules.prepare_parent(dest)?;
     if parent.first {
-        ctx.committer.watch(parent.dir);
+        ctx.committer.watch(&parent.handle);
     }
 
     let host = entry.url.host_str().unwrap_or_default().to_owned()
@@ -195,10 +199,11 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
     let mut slot = Some(slot);
 
     let partial_error = |source| DownloadError::Partial { path: crate::fsx::part_paths(dest).0, source };
-    let mut partial = match Partial::open(dest, !parent.fresh).map_err(partial_error)? {
-        Opened::Locked(partial) => partial,
-        Opened::Busy => return Ok(Done::Skipped(SkipReason::LockedByOtherProcess)),
-    };
+    let mut partial =
+        match Partial::open(parent.handle.clone(), dest, !parent.fresh).map_err(partial_error)? {
+            Opened::Locked(partial) => partial,
+            Opened::Busy => return Ok(Done::Skipped(SkipReason::LockedByOtherProcess)),
+        };
 
     let mut state = State { hasher: entry.sha256.map(|_| Sha256::new()), ..State::default() };
     let resume = resume_or_truncate(entry, ctx, &mut partial, &mut state).map_err(partial_error)?;

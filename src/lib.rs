@@ -126,7 +126,9 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
     let committer = Committer::start(config.rules.made_dirs()).map_err(Error::Runtime)?;
     // --dir's filesystem has its barrier descriptor before any entry can
     // write there, even one that finds its directory prepared by another.
-    committer.watch(config.rules.dir());
+    if let Some(root) = config.rules.root() {
+        committer.watch(root);
+    }
     let ctx = Arc::new(Context {
         clients,
         limits: Limits::new(config.jobs, config.per_host),
@@ -210,6 +212,7 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
             }
         }
     }
+    ctx.rules.remove_empty();
     summary.interrupted = shutdown.signal();
     reporter.summary(&summary, started.elapsed());
     Ok(summary)
