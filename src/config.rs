@@ -75,15 +75,29 @@ impl Config {
             Rules::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
         } else {
             // Like wget -P and curl --create-dirs: a missing --dir is created.
-            let made = create_dirs(&cli.dir).map_err(dir_error)?;
+            let not_a_directory =
+                || dir_error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
+            let made = match create_dirs(&cli.dir) {
+                // A file where --dir or a directory above it should be.
+                Err(e) if matches!(e.kind(), io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory) => {
+                    return Err(not_a_directory());
+                }
+                made => made.map_err(dir_error)?,
+            };
             if !cli.dir.is_dir() {
-                return Err(dir_error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
+                return Err(not_a_directory());
             }
             // No destination may overwrite the run's own files.
             let report = cli.report.iter().map(|path| (path.clone(), "--report file"));
             let manifests = sources.iter().filter_map(|s| Some((s.path.clone()?, "manifest")));
             let protected: Vec<_> = report.chain(manifests).collect();
-            Rules::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?.protecting(&protected)
+            let rules = Rules::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
+            // One message now, not one failure per entry. With -P the
+            // manifest may not write to --dir at all.
+            if !cli.dry_run && !cli.absolute_paths {
+                rules.check_writable().map_err(dir_error)?;
+            }
+            rules.protecting(&protected)
         };
         let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
         Ok(Config {

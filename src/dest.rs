@@ -225,6 +225,24 @@ impl Rules {
         self.root.as_ref()
     }
 
+    /// Whether files can be created in `--dir`: an unnamed file is made
+    /// there and dropped, which leaves nothing behind.
+    pub fn check_writable(&self) -> io::Result<()> {
+        let Some(root) = &self.root else { return Ok(()) };
+        let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+        let denied =
+            |e: Errno| io::Error::new(io::Error::from(e).kind(), format!("cannot create files in it: {e}"));
+        match rustix::fs::openat(&**root, ".", flags, Mode::from(0o600)) {
+            Ok(_) => Ok(()),
+            Err(e @ (Errno::ACCESS | Errno::PERM | Errno::ROFS)) => Err(denied(e)),
+            // No unnamed files on this filesystem: ask for permission instead.
+            Err(_) => {
+                rustix::fs::access(&self.dir, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
+                    .map_err(denied)
+            }
+        }
+    }
+
     /// Open the destination's directory, creating what is missing of it,
     /// never leaving `--dir` on the way (see the module's comment).
     pub fn prepare_parent<'a>(&self, dest: &'a Path) -> Result<Parent<'a>, PrepareError> {

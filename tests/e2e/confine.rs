@@ -1,0 +1,247 @@
+//! Hostile filesystems: symlinks, hard links and FIFOs planted under the
+//! names `fetch` uses, directories swapped for symlinks while a download
+//! runs, destinations that name the run's own files, unusable `--dir`s.
+//! Whatever is planted, nothing outside `--dir` is written, and every
+//! destination ends up a regular file holding its download.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Route, Server, fetch, files, run, wait_until, write};
+
+/// A file outside `--dir` that a hostile link points at.
+const VICTIM: &[u8] = b"victim: must never change";
+
+/// What can stand under a part or meta file's name.
+#[derive(Debug, Clone, Copy)]
+enum Plant {
+    Symlink,
+    Dangling,
+    HardLink,
+    Fifo,
+}
+
+fn plant(kind: Plant, at: &Path, victim: &Path) {
+    match kind {
+        Plant::Symlink => symlink(victim, at).unwrap(),
+        Plant::Dangling => symlink(victim.with_file_name("no-such-file"), at).unwrap(),
+        Plant::HardLink => std::fs::hard_link(victim, at).unwrap(),
+        Plant::Fifo => {
+            let ok = std::process::Command::new("mkfifo").arg(at).status().unwrap().success();
+            assert!(ok, "mkfifo {}", at.display());
+        }
+    }
+}
+
+/// Every kind of plant, under each name fetch uses beside a destination,
+/// for a file that stays in memory (4 KiB) and one that gets a part file
+/// (300 KiB), with and without `--overwrite` and `-P`: the victim keeps
+/// its bytes and the destination is a regular file with the download.
+#[test]
+fn nothing_planted_beside_a_destination_is_written_through() {
+    let server = Server::start();
+    let small = server.file("/small", 1, 4096);
+    let large = server.file("/large", 2, 300 * 1024);
+    let kinds = [Plant::Symlink, Plant::Dangling, Plant::HardLink, Plant::Fifo];
+    let suffixes = [".fetch-part", ".fetch-part.meta", ".fetch-part.meta.tmp"];
+    for flags in [&[][..], &["--overwrite"], &["-P"]] {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, VICTIM).unwrap();
+        let out_dir = tmp.path().join("out");
+        std::fs::create_dir(&out_dir).unwrap();
+        let mut manifest = String::new();
+        let mut expected = Vec::new();
+        for (k, kind) in kinds.iter().enumerate() {
+            for (s, suffix) in suffixes.iter().enumerate() {
+                for (path, body) in [("/small", &small), ("/large", &large)] {
+                    let name = format!("f{k}{s}{}", &path[1..]);
+                    plant(*kind, &out_dir.join(format!("{name}{suffix}")), &victim);
+                    manifest += &format!("{} {name}\n", server.url(path));
+                    expected.push((name, body));
+                }
+            }
+        }
+        write(tmp.path(), "m.txt", &manifest);
+        let out = run(fetch(tmp.path()).args(["--dir", "out", "m.txt"]).args(flags));
+        assert_eq!(std::fs::read(&victim).unwrap(), VICTIM, "{flags:?}: written through a link: {out:?}");
+        assert_eq!(out.code, Some(0), "{flags:?}: {out:?}");
+        for (name, body) in expected {
+            let path = out_dir.join(&name);
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert!(meta.file_type().is_file() && meta.nlink() == 1, "{flags:?}: {name} is {meta:?}");
+            assert!(std::fs::read(&path).unwrap() == *body, "{flags:?}: {name} has other bytes");
+        }
+    }
+}
+
+/// A dangling symlink where a large file's part file goes: the run
+/// finishes at once instead of spinning on it (the old loop retried the
+/// create-or-open for minutes, and ignored SIGTERM meanwhile).
+#[test]
+fn a_dangling_part_symlink_neither_spins_nor_is_followed() {
+    let server = Server::start();
+    let body = server.file("/f", 3, 1024 * 1024);
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("outside-target");
+    symlink(&target, tmp.path().join("f.fetch-part")).unwrap();
+    write(tmp.path(), "m.txt", &format!("{} f\n", server.url("/f")));
+    let out = run(fetch(tmp.path()).arg("m.txt").timeout(Duration::from_secs(30)));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("f")).unwrap() == body);
+    assert!(!target.exists(), "the link's target was created");
+}
+
+/// A directory under `--dir` is swapped for a symlink to the outside while
+/// its file downloads (stalled after its first bytes): the file is still
+/// placed in the directory the entry opened, now renamed, inside `--dir`,
+/// for a file kept in memory and for one written to a part file. A later
+/// entry for the swapped path is refused, not followed.
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_download_keeps_the_file_inside() {
+    for size in [4096, 600 * 1024] {
+        let server = Server::start();
+        let body = super::content(4, size);
+        let stall_at = size - 1024;
+        let stalls = VecDeque::from([(stall_at, Duration::from_secs(4))]);
+        server.route("/slow", Route { stalls, ..Route::new(body.clone()) });
+        server.file("/later", 5, 10);
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("out/sub")).unwrap();
+        write(tmp.path(), "m.txt", &format!("{} sub/f\n", server.url("/slow")));
+        let child = super::fetch_std(tmp.path())
+            .args(["--dir", "out", "m.txt"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stalled = wait_until(Duration::from_secs(30), || server.body_bytes() >= stall_at);
+        assert!(stalled, "the download never reached its stall");
+        std::fs::rename(tmp.path().join("out/sub"), tmp.path().join("out/sub.old")).unwrap();
+        symlink(outside.path(), tmp.path().join("out/sub")).unwrap();
+        let output = super::finish(child);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(files(outside.path()), Vec::<String>::new(), "{size}: written outside --dir: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{size}: {stderr}");
+        assert!(std::fs::read(tmp.path().join("out/sub.old/f")).unwrap() == body, "{size}");
+
+        // The swapped path itself now leads outside: refused.
+        write(tmp.path(), "later.txt", &format!("{} sub/g\n", server.url("/later")));
+        let out = run(fetch(tmp.path()).args(["--dir", "out", "later.txt"]));
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains("outside --dir"), "{}", out.stderr);
+        assert_eq!(files(outside.path()), Vec::<String>::new());
+    }
+}
+
+/// Destinations naming the report or a manifest, in any spelling, are
+/// invalid lines, even with `--overwrite`: the report keeps every record
+/// and the manifest its text.
+#[test]
+fn a_destination_that_is_the_report_or_a_manifest_is_refused() {
+    let server = Server::start();
+    server.file("/f", 6, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("out")).unwrap();
+    let url = server.url("/f");
+    let manifest = format!("{url} r.jsonl\n{url} sub/../r.jsonl\n{url} ../m.txt\n{url} ok.bin\n");
+    write(tmp.path(), "m.txt", &manifest);
+    let out = run(fetch(tmp.path()).args([
+        "--dir",
+        "out",
+        "-P",
+        "--overwrite",
+        "--report",
+        "out/r.jsonl",
+        "m.txt",
+    ]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    for line in 1..=3 {
+        assert!(out.stderr.contains(&format!("m.txt:{line}: ")), "line {line}: {}", out.stderr);
+    }
+    assert!(out.stderr.contains("refusing to write over it"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(tmp.path().join("m.txt")).unwrap(), manifest);
+    let report = std::fs::read_to_string(tmp.path().join("out/r.jsonl")).unwrap();
+    assert_eq!(report.lines().count(), 4, "{report}");
+    assert!(report.lines().all(|l| l.starts_with('{')), "{report}");
+    assert!(tmp.path().join("out/ok.bin").exists());
+}
+
+#[test]
+fn a_dir_that_is_a_file_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "file", "x");
+    write(tmp.path(), "m.txt", "http://127.0.0.1:9/f f\n");
+    for dir in ["file", "file/sub"] {
+        let out = run(fetch(tmp.path()).args(["--dir", dir, "m.txt"]));
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stderr.contains(&format!("--dir {dir}: not a directory")), "{}", out.stderr);
+    }
+}
+
+/// A directory no file can be created in, even by root: `chmod` for
+/// others, `chattr +i` for root. Made writable again when dropped.
+struct Unwritable<'a>(&'a Path);
+
+impl<'a> Unwritable<'a> {
+    fn new(dir: &'a Path) -> Self {
+        let writable =
+            || std::fs::write(dir.join("probe"), "").map(|()| std::fs::remove_file(dir.join("probe")));
+        let _ = std::process::Command::new("chmod").arg("555").arg(dir).status();
+        if writable().is_ok() {
+            let _ = std::process::Command::new("chattr").arg("+i").arg(dir).status();
+        }
+        assert!(writable().is_err(), "cannot make {} unwritable here", dir.display());
+        Unwritable(dir)
+    }
+}
+
+impl Drop for Unwritable<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(self.0).status();
+        let _ = std::process::Command::new("chmod").arg("755").arg(self.0).status();
+    }
+}
+
+/// An existing `--dir` no file can be created in is an unusable command
+/// line: exit 2 with one message, not one failure per entry.
+#[test]
+fn an_unwritable_dir_is_one_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest: String = (0..50).map(|i| format!("http://127.0.0.1:9/f{i} f{i}\n")).collect();
+    write(tmp.path(), "m.txt", &manifest);
+    std::fs::create_dir(tmp.path().join("ro")).unwrap();
+    let ro = tmp.path().join("ro");
+    let _guard = Unwritable::new(&ro);
+    let out = run(fetch(tmp.path()).args(["--dir", "ro", "m.txt"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.starts_with("fetch: --dir ro: cannot create files in it"), "{}", out.stderr);
+}
+
+/// Directories made for entries that all failed are removed at the end;
+/// one that holds a kept partial file, or a file, stays.
+#[test]
+fn a_run_whose_entries_failed_leaves_no_empty_directories() {
+    let server = Server::start();
+    server.file("/ok", 7, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "{} a/b/c/x.bin\n{} a/b/y.bin\n{} d/z.bin\n{} keep/ok.bin\n",
+        server.url("/gone"),
+        server.url("/gone"),
+        server.url("/gone"),
+        server.url("/ok")
+    );
+    write(tmp.path(), "m.txt", &manifest);
+    let out = run(fetch(tmp.path()).args(["--dir", "out", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(files(&tmp.path().join("out")), ["keep/ok.bin"]);
+    let mut left: Vec<_> =
+        std::fs::read_dir(tmp.path().join("out")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["keep"], "empty directories left behind");
+}
