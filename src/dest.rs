@@ -366,8 +366,20 @@ impl Rules {
         let made = std::mem::take(&mut *self.cleanup.lock().expect("cleanup list poisoned"));
         for dir in made.iter().rev() {
             // Fails, as it should, on a directory holding anything.
-            let _ = std::fs::remove_dir(dir);
+            let _ = self.remove_dir(dir);
         }
+    }
+
+    /// Remove the empty directory `dir`, reached like a destination's:
+    /// beneath `--dir` through handles, under `-P` by its path.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let (Some(root), Some(rel)) = (&self.root, self.beneath(dir)) else {
+            return std::fs::remove_dir(dir);
+        };
+        let (Some(up), Some(name)) = (rel.parent(), rel.file_name()) else { return Ok(()) };
+        let parent =
+            if up.as_os_str().is_empty() { rustix::io::dup(&**root)? } else { open_dir_beneath(root, up)? };
+        Ok(rustix::fs::unlinkat(&parent, name, rustix::fs::AtFlags::REMOVEDIR)?)
     }
 
     /// Whether `dest` may exist, as far as this run knows without looking:

@@ -245,3 +245,30 @@ fn a_run_whose_entries_failed_leaves_no_empty_directories() {
     left.sort();
     assert_eq!(left, ["keep"], "empty directories left behind");
 }
+
+/// The cleanup of empty directories goes through handles too: `a` swapped
+/// for a symlink to a tree with an empty `b` while the run's only entry,
+/// in `a/b`, stalls and then fails: the outside `b` stays.
+#[test]
+fn the_cleanup_of_a_swapped_directory_removes_nothing_outside() {
+    let server = Server::start();
+    let stalls = VecDeque::from([(5, Duration::from_secs(3))]);
+    server.route("/short", Route { stalls, chunked: true, ..Route::new(&b"0123456789"[..]) });
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outside.path().join("b")).unwrap();
+    let line = format!("{{\"url\": \"{}\", \"path\": \"a/b/x.bin\", \"size\": 999}}\n", server.url("/short"));
+    write(tmp.path(), "m.txt", &line);
+    let child = super::fetch_std(tmp.path())
+        .args(["--dir", "out", "m.txt"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || server.body_bytes() >= 5), "never stalled");
+    std::fs::rename(tmp.path().join("out/a"), tmp.path().join("out/a.old")).unwrap();
+    symlink(outside.path(), tmp.path().join("out/a")).unwrap();
+    let output = super::finish(child);
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(outside.path().join("b").is_dir(), "removed a directory outside --dir");
+}
