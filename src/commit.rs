@@ -53,6 +53,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::dest::MadeDirs;
 use crate::fsx::{self, Committed, Complete, Dir, Partial, Staged};
+use crate::sys;
 
 /// Files in one batch at most: bounds how long a batch waits for its
 /// barrier, and the descriptors held meanwhile.
@@ -83,7 +84,7 @@ pub struct Committer {
     jobs: mpsc::Sender<Job<Complete>>,
     /// To the stage thread, which passes each file on to `jobs` written.
     to_stage: mpsc::Sender<Job<Complete>>,
-    /// `None` when barriers are never used (see [`barriers_supported`]).
+    /// `None` when barriers are never used (see [`sys::syncfs_reports_errors`]).
     sentinels: Option<Arc<Sentinels>>,
     /// Room for bytes in memory, in KiB.
     buffered: Arc<Semaphore>,
@@ -142,12 +143,12 @@ impl Committer {
     /// along with the files committed into them.
     pub fn start(made: Arc<MadeDirs>) -> io::Result<Committer> {
         let (jobs, queue) = mpsc::channel();
-        let sentinels = barriers_supported().then(Arc::default);
+        let sentinels = sys::syncfs_reports_errors().then(Arc::default);
         let thread = Thread {
             sentinels: sentinels.clone(),
             placed: Vec::new(),
             made,
-            barrier: syncfs,
+            barrier: sys::syncfs,
             sync_dir: fsx::sync_parent,
         };
         std::thread::Builder::new().name("commit".into()).spawn(move || thread.run(&queue))?;
@@ -182,7 +183,7 @@ impl Committer {
         // The same open file as `dir`, opened before any file was written
         // below it: syncfs reports errors since then.
         if let Ok(file) = dir.try_clone().map(File::from)
-            && local_filesystem(&file)
+            && sys::local_filesystem(&file)
         {
             map.insert(stat.st_dev, Arc::new(file));
         }
@@ -216,7 +217,7 @@ struct Thread {
     placed: Vec<Placed>,
     /// Directories the run made, until their entries are durable.
     made: Arc<MadeDirs>,
-    /// [`syncfs`]; another function in tests.
+    /// [`sys::syncfs`]; another function in tests.
     barrier: fn(&File) -> io::Result<()>,
     /// [`fsx::sync_parent`], for made directories; another function in tests.
     sync_dir: fn(&Path) -> io::Result<()>,
@@ -381,74 +382,11 @@ fn stage(job: Job<Complete>) -> Option<Job<Staged>> {
     }
 }
 
-/// Whether `syncfs` reports write errors: Linux 5.8 and later.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn barriers_supported() -> bool {
-    // SAFETY: uname fills the zeroed struct it is given.
-    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut name) } != 0 {
-        return false;
-    }
-    // SAFETY: uname NUL-terminates release.
-    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
-    let mut numbers = release.to_str().unwrap_or("").split(['.', '-']).map(|n| n.parse::<u32>().ok());
-    matches!((numbers.next().flatten(), numbers.next().flatten()), (Some(major), Some(minor)) if (major, minor) >= (5, 8))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn barriers_supported() -> bool {
-    false
-}
-
-/// Filesystems on local disks, whose `syncfs` writes and flushes
-/// everything; on network and FUSE filesystems a file's own `fsync` is the
-/// one reliable promise.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn local_filesystem(file: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    const LOCAL: [i64; 6] = [
-        0xEF53,      // ext2/3/4
-        0x5846_5342, // xfs
-        0x9123_683E, // btrfs
-        0x0102_1994, // tmpfs
-        0xF2F5_2010, // f2fs
-        0xCA45_1A4E, // bcachefs
-    ];
-    // SAFETY: fstatfs fills the zeroed struct; the descriptor is open.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } != 0 {
-        return false;
-    }
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
-    LOCAL.contains(&(stat.f_type as i64))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn local_filesystem(_file: &File) -> bool {
-    false
-}
-
-/// Write out every dirty inode of `file`'s filesystem and flush the disk's
-/// cache; reports write errors since `file` was opened.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn syncfs(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on an open descriptor.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn syncfs(_file: &File) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fsx::Opened;
+    use crate::sys::syncfs;
 
     /// A job for `dest` holding `bytes` in memory, and its answer.
     fn job(dest: &Path, bytes: &[u8]) -> (Job<Complete>, oneshot::Receiver<io::Result<Committed>>) {

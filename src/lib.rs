@@ -26,6 +26,7 @@ pub mod retry;
 pub mod segments;
 pub mod shard;
 pub mod shutdown;
+pub mod sys;
 pub mod transfer;
 
 use std::io;

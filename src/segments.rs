@@ -555,7 +555,7 @@ fn write_at(shared: &Shared, i: usize, bytes: &[u8]) -> std::io::Result<()> {
         dirty
     };
     if writeback.end - writeback.start >= WRITEBACK_EVERY {
-        crate::fsx::start_writeback(&shared.file, writeback.start, writeback.end - writeback.start);
+        crate::sys::start_writeback(&shared.file, writeback.start, writeback.end - writeback.start);
     }
     result
 }
