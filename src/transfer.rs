@@ -124,6 +124,8 @@ pub enum AttemptError {
     BadRange(String),
     #[error("server says the file is {server} bytes, the manifest says {manifest}")]
     SizeMismatch { server: u64, manifest: u64 },
+    #[error("size mismatch: the server sent more than the {manifest} bytes the manifest says")]
+    OverManifestSize { manifest: u64 },
     #[error("cannot write the partial file: {0}")]
     Disk(std::io::Error),
     #[error("interrupted")]
@@ -139,7 +141,8 @@ impl AttemptError {
             AttemptError::Truncated { .. } | AttemptError::BadRange(_) => Class::Transient,
             AttemptError::Overlong { .. } => Class::Transient,
             AttemptError::TooManyRedirects | AttemptError::BadRedirect(_) => Class::Permanent,
-            AttemptError::SizeMismatch { .. } | AttemptError::Cancelled => Class::Permanent,
+            AttemptError::SizeMismatch { .. } | AttemptError::OverManifestSize { .. } => Class::Permanent,
+            AttemptError::Cancelled => Class::Permanent,
             AttemptError::Disk(source) => retry::error_class(source),
         }
     }
@@ -193,6 +196,8 @@ pub async fn attempt(
 ) -> Result<Attempted, AttemptError> {
     let disk = AttemptError::Disk;
     let ranged = state.offset > 0;
+    // Where a 206's body ends by its Content-Range.
+    let mut range_end = None;
     let range = RangeRequest { start: state.offset, end: None, if_range: state.if_range() };
     let response = tokio::select! {
         r = send(target, ranged.then_some(range)) => r?,
@@ -229,8 +234,9 @@ pub async fn attempt(
                 partial.truncate().map_err(disk)?;
                 return Err(AttemptError::BadRange(range.unwrap_or_else(|| "no Content-Range".into())));
             }
-            if let Some((_, _, total)) = parsed {
+            if let Some((_, end, total)) = parsed {
                 state.total = total.or(state.total);
+                range_end = Some(end + 1);
             }
             check_size(target, state.total)?;
         }
@@ -255,7 +261,8 @@ pub async fn attempt(
         }
     }
     state.pieces += 1;
-    stream_body(response, state, partial, progress, shutdown).await.map(|()| Attempted::Complete)
+    let limit = Limit { manifest: target.size, server: min_some(range_end, state.total) };
+    stream_body(response, state, partial, progress, shutdown, limit).await.map(|()| Attempted::Complete)
 }
 
 /// Ask for bytes `start..=end` of the version of the file that `if_range`
@@ -296,12 +303,31 @@ pub async fn fetch_range(
     }
 }
 
+/// Where a body must end, as an offset in the file: at the manifest's
+/// `size`, and at the end of what the server announced (`Content-Length`,
+/// or the end of a `206`'s `Content-Range`). Every body read is capped by
+/// them: without a cap, an endless chunked or close-delimited body fills
+/// the disk.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    manifest: Option<u64>,
+    server: Option<u64>,
+}
+
+fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        _ => a.or(b),
+    }
+}
+
 async fn stream_body(
     mut response: Response,
     state: &mut State,
     partial: &mut Partial,
     progress: &TransferProgress,
     shutdown: &Shutdown,
+    limit: Limit,
 ) -> Result<(), AttemptError> {
     progress.begin(state.offset, state.total);
     loop {
@@ -311,7 +337,12 @@ async fn stream_body(
         };
         let Some(chunk) = chunk else { break };
         let got = state.offset + chunk.len() as u64;
-        if let Some(expected) = state.total.filter(|&t| got > t) {
+        // Nothing past a promised end is written: the attempt fails on the
+        // first chunk that crosses it.
+        if let Some(manifest) = limit.manifest.filter(|&size| got > size) {
+            return Err(AttemptError::OverManifestSize { manifest });
+        }
+        if let Some(expected) = limit.server.filter(|&end| got > end) {
             return Err(AttemptError::Overlong { got, expected });
         }
         partial.write(&chunk).map_err(AttemptError::Disk)?;
