@@ -253,3 +253,21 @@ fn a_resumed_body_that_runs_past_its_content_range_is_not_trusted() {
     assert!(std::fs::read(tmp.path().join("f")).unwrap() == body, "bytes past the Content-Range were kept");
     assert_eq!(server.requests(), 3, "{}", out.stderr);
 }
+
+#[test]
+fn no_request_carries_range_with_no_resume() {
+    let server = Server::start();
+    let body = content(5, 300_000);
+    server.route("/f", Route { cuts: [100_000, 200_000].into(), ..Route::new(body.clone()) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &server.url("/f"));
+    let out = run(fetch(tmp.path()).args(FAST).args(["--no-resume", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), body);
+    let log = server.requests_to("/f");
+    for l in &log {
+        assert_eq!(l.header("range"), None, "--no-resume sent a Range");
+        assert_eq!(l.header("if-range"), None);
+    }
+    assert_eq!(log.len(), 3, "two cut attempts and a whole one");
+}
