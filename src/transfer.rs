@@ -377,13 +377,21 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
     for hop in 0..=MAX_REDIRECTS {
         let same_origin = url.origin() == origin;
         let client = target.clients.for_url(&url).map_err(AttemptError::Http)?;
-        let mut request = client.get(url.clone());
+        // reqwest would turn user:pass@ into a second Authorization header
+        // beside one the user gave: credentials are added here, once.
+        let (bare, userinfo) = split_userinfo(&url);
+        let mut request = client.get(bare);
+        let mut explicit = false;
         if same_origin {
             request = request.headers(target.headers.clone());
-            if hop > 0 && target.url.password().is_some() {
-                // Keep user:pass@ credentials within their origin, as curl does.
-                request = request.basic_auth(target.url.username(), target.url.password());
-            }
+            explicit = target.headers.contains_key(header::AUTHORIZATION);
+        }
+        // The URL's own credentials, else the manifest URL's within its
+        // origin (as curl does); an Authorization header given by the user
+        // (`-H`, manifest `headers`) wins over both.
+        let credentials = userinfo.or_else(|| same_origin.then(|| split_userinfo(target.url).1).flatten());
+        if let Some((user, password)) = credentials.filter(|_| !explicit) {
+            request = request.basic_auth(user, password);
         }
         if let Some(RangeRequest { start, end, if_range }) = range {
             let value = match end {
@@ -417,6 +425,21 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
         url = next;
     }
     unreachable!("the loop returns by its last hop")
+}
+
+/// `url` without its `user:pass@`, and those credentials, percent-decoded
+/// (RFC 3986 §3.2.1), when there are any.
+fn split_userinfo(url: &Url) -> (Url, Option<(String, Option<String>)>) {
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    if url.username().is_empty() && url.password().is_none() {
+        return (url.clone(), None);
+    }
+    let credentials = (decode(url.username()), url.password().map(decode));
+    let mut bare = url.clone();
+    // Cannot fail: a URL with credentials has a host.
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    (bare, Some(credentials))
 }
 
 /// `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`).

@@ -271,3 +271,55 @@ fn no_request_carries_range_with_no_resume() {
     }
     assert_eq!(log.len(), 3, "two cut attempts and a whole one");
 }
+
+/// The `Authorization` headers of each request the server saw, in order.
+fn authorizations(server: &Server) -> Vec<Vec<String>> {
+    server
+        .log()
+        .iter()
+        .map(|l| l.headers.get_all("authorization").iter().map(|v| v.to_str().unwrap().to_owned()).collect())
+        .collect()
+}
+
+#[test]
+fn one_authorization_header_per_request_and_the_explicit_one_wins() {
+    let server = Server::start();
+    let body = server.file("/f", 6, 1000);
+    server.route("/r", Route { redirect: Some("/f".into()), ..Route::default() });
+    let with_credentials = server.url("/r").replace("http://", "http://user:p%40ss@");
+    let tmp = tempfile::tempdir().unwrap();
+    let basic = "Basic dXNlcjpwQHNz".to_owned();
+    let bearer = "Bearer from-the-command-line".to_owned();
+    let manifest_bearer = "Bearer from-the-manifest".to_owned();
+    let cases = [
+        // URL credentials alone: Basic on both requests, once.
+        (format!("{with_credentials} a\n"), vec![], &basic),
+        // -H Authorization beats URL credentials, on the first request too.
+        (
+            format!("{with_credentials} b\n"),
+            vec!["-H", "Authorization: Bearer from-the-command-line"],
+            &bearer,
+        ),
+        // A manifest line's header beats both.
+        (
+            format!(
+                "{{\"url\": \"{with_credentials}\", \"path\": \"c\", \
+                 \"headers\": {{\"Authorization\": \"{manifest_bearer}\"}}}}\n"
+            ),
+            vec!["-H", "Authorization: Bearer from-the-command-line"],
+            &manifest_bearer,
+        ),
+    ];
+    for (line, args, want) in cases {
+        let seen = server.log().len();
+        write(tmp.path(), "m.txt", &line);
+        let out = run(fetch(tmp.path()).args(args).arg("m.txt"));
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let got = &authorizations(&server)[seen..];
+        assert_eq!(got, [vec![want.clone()], vec![want.clone()]], "for {line}");
+        assert!(!out.stderr.contains("p%40ss") && !out.stderr.contains("from-the"), "{}", out.stderr);
+    }
+    for name in ["a", "b", "c"] {
+        assert_eq!(std::fs::read(tmp.path().join(name)).unwrap(), body);
+    }
+}
