@@ -34,7 +34,7 @@ use crate::fsx::{Meta, Partial};
 use crate::pool::Clients;
 use crate::progress::TransferProgress;
 use crate::redact;
-use crate::retry::{self, Class};
+use crate::retry::{self, Class, LookupFailure};
 use crate::segments::SplitPolicy;
 use crate::shutdown::Shutdown;
 
@@ -112,6 +112,8 @@ pub enum AttemptError {
     Status { status: StatusCode, retry_after: Option<Duration> },
     #[error("{}", describe(.0))]
     Http(reqwest::Error),
+    #[error("host {0} not found (DNS)")]
+    HostNotFound(String),
     #[error("more than {MAX_REDIRECTS} redirects")]
     TooManyRedirects,
     #[error("redirect to an unusable location: {0}")]
@@ -140,6 +142,8 @@ impl AttemptError {
             // A network that cuts bodies short is what retries are for.
             AttemptError::Truncated { .. } | AttemptError::BadRange(_) => Class::Transient,
             AttemptError::Overlong { .. } => Class::Transient,
+            // The resolver said the name does not exist.
+            AttemptError::HostNotFound(_) => Class::Permanent,
             AttemptError::TooManyRedirects | AttemptError::BadRedirect(_) => Class::Permanent,
             AttemptError::SizeMismatch { .. } | AttemptError::OverManifestSize { .. } => Class::Permanent,
             AttemptError::Cancelled => Class::Permanent,
@@ -403,7 +407,12 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
                 request = request.header(header::IF_RANGE, validator);
             }
         }
-        let response = request.send().await.map_err(|e| AttemptError::Http(e.without_url()))?;
+        let response = request.send().await.map_err(|e| match retry::lookup_failure(&e) {
+            Some(LookupFailure::NoSuchHost) => {
+                AttemptError::HostNotFound(url.host_str().unwrap_or("").to_owned())
+            }
+            _ => AttemptError::Http(e.without_url()),
+        })?;
         let is_redirect = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308);
         let Some(location) = response.headers().get(header::LOCATION).filter(|_| is_redirect) else {
             return Ok(response);

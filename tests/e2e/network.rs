@@ -323,3 +323,23 @@ fn one_authorization_header_per_request_and_the_explicit_one_wins() {
         assert_eq!(std::fs::read(tmp.path().join(name)).unwrap(), body);
     }
 }
+
+#[test]
+fn a_host_that_does_not_exist_is_named_and_an_unanswered_lookup_is_retried() {
+    // `.invalid` never resolves (RFC 6761 §6.4). A resolver that answers
+    // says so at once (NXDOMAIN); one that cannot be reached (no network)
+    // fails the lookup as temporary, which is retried.
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", "http://nonexistent.invalid/f f\n");
+    let out = run(fetch(tmp.path()).args(FAST).args(["--retries", "2", "--report", "r.jsonl", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let record = record(tmp.path());
+    let error = record["error"].as_str().unwrap();
+    if error.contains("Temporary failure") || error.contains("at this time") {
+        assert_eq!(record["attempts"], 3, "an unanswered lookup is retried: {record}");
+    } else {
+        assert_eq!(error, "host nonexistent.invalid not found (DNS)", "{record}");
+        assert_eq!(record["attempts"], 1, "{record}");
+        assert!(out.stderr.contains("f: host nonexistent.invalid not found (DNS)"), "{}", out.stderr);
+    }
+}
