@@ -131,7 +131,7 @@ pub fn error_class(error: &(dyn StdError + 'static)) -> Class {
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(err) = current {
         // A certificate the server will keep presenting: retrying cannot help.
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        if let Some(tls) = rustls_error(err) {
             return match tls {
                 rustls::Error::InvalidCertificate(_)
                 | rustls::Error::NoCertificatesPresented
@@ -140,13 +140,6 @@ pub fn error_class(error: &(dyn StdError + 'static)) -> Class {
             };
         }
         if let Some(io_err) = err.downcast_ref::<io::Error>() {
-            // tokio-rustls reports TLS failures as io::Error wrapping rustls::Error.
-            if let Some(inner) = io_err.get_ref()
-                && inner.downcast_ref::<rustls::Error>().is_some()
-            {
-                current = Some(inner);
-                continue;
-            }
             return io_class(io_err.kind());
         }
         if let Some(req) = err.downcast_ref::<reqwest::Error>() {
@@ -163,6 +156,19 @@ pub fn error_class(error: &(dyn StdError + 'static)) -> Class {
     // "connection closed before message completed", ...) are
     // the flaky network the retries exist for.
     Class::Transient
+}
+
+/// `error` as a rustls error: itself, or inside the `io::Error`s that
+/// tokio-rustls and hyper-util wrap it in (an `io::Error`'s `source()`
+/// skips the error it wraps, so the chain alone never shows it).
+pub fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = error;
+    loop {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = current.downcast_ref::<io::Error>()?.get_ref()?;
+    }
 }
 
 fn io_class(kind: io::ErrorKind) -> Class {
@@ -227,6 +233,13 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
         assert_eq!(error_class(&Outer(bad_cert)), Class::Permanent);
+        // As hyper-util passes it on: an io::Error around tokio-rustls's.
+        let rustls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let nested = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, rustls));
+        assert!(rustls_error(&nested).is_some());
+        assert_eq!(error_class(&Outer(nested)), Class::Permanent);
+        let alert = io::Error::other(rustls::Error::DecryptError);
+        assert_eq!(error_class(&Outer(alert)), Class::Transient);
     }
 
     /// An error shaped as reqwest reports a failed lookup: hyper-util's

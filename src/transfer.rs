@@ -493,12 +493,86 @@ fn describe(error: &reqwest::Error) -> String {
     };
     let mut root: &(dyn std::error::Error + 'static) = error;
     while let Some(source) = root.source() {
+        if let Some(words) = tls_words(root) {
+            return format!("{kind}: {words}");
+        }
         root = source;
+    }
+    if let Some(words) = tls_words(root) {
+        return format!("{kind}: {words}");
     }
     if std::ptr::addr_eq(root, error as &dyn std::error::Error) {
         return kind.to_owned();
     }
     format!("{kind}: {root}")
+}
+
+const TRUST_HINT: &str = "use --insecure to skip verification, or SSL_CERT_FILE to trust its CA";
+
+/// A certificate error in words, with what to do about it. rustls prints
+/// certificate errors as Rust debug text (`UnknownIssuer`,
+/// `Other(OtherError(CaUsedAsEndEntity))`).
+fn tls_words(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let tls = retry::rustls_error(error)?;
+    use rustls::CertificateError as E;
+    let rustls::Error::InvalidCertificate(cert) = tls else {
+        return match tls {
+            rustls::Error::NoCertificatesPresented => Some("the server presented no certificate".into()),
+            _ => None,
+        };
+    };
+    let (what, hint) = match cert {
+        E::UnknownIssuer => (
+            "the server's certificate is not signed by a trusted authority (unknown issuer)".into(),
+            TRUST_HINT,
+        ),
+        E::BadSignature => ("the server's certificate has a bad signature".into(), TRUST_HINT),
+        E::Expired | E::ExpiredContext { .. } => {
+            ("the server's certificate has expired".into(), "check the clock, or use --insecure")
+        }
+        E::NotValidYet | E::NotValidYetContext { .. } => {
+            ("the server's certificate is not valid yet".into(), "check the clock, or use --insecure")
+        }
+        E::Revoked => ("the server's certificate has been revoked".into(), TRUST_HINT),
+        E::NotValidForName => ("the server's certificate is for another host name".into(), "use --insecure"),
+        E::NotValidForNameContext { presented, .. } => (
+            format!(
+                "the server's certificate is for another host name (it names {})",
+                if presented.is_empty() { "none".into() } else { presented.join(", ") }
+            ),
+            "use a name it is for, or --insecure",
+        ),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
+            ("the server's certificate is not meant for a TLS server".into(), TRUST_HINT)
+        }
+        E::BadEncoding => ("the server's certificate is malformed".into(), TRUST_HINT),
+        E::Other(other) => match other.to_string().as_str() {
+            "CaUsedAsEndEntity" => (
+                "the server presented a CA certificate as its own (CA used as end entity)".into(),
+                TRUST_HINT,
+            ),
+            // webpki's errors print as their variant's name.
+            name => (format!("the server's certificate was rejected ({})", words_of(name)), TRUST_HINT),
+        },
+        other => (
+            format!("the server's certificate was rejected ({})", words_of(&format!("{other:?}"))),
+            TRUST_HINT,
+        ),
+    };
+    Some(format!("{what}; {hint}"))
+}
+
+/// `CamelCaseName` as `camel case name`; anything from the first
+/// non-letter on (a variant's fields) dropped.
+fn words_of(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().take_while(char::is_ascii_alphanumeric) {
+        if c.is_ascii_uppercase() && !out.is_empty() {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// An error with its causes, `outer: inner: innermost`, repeats dropped.
@@ -543,6 +617,26 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parse_content_range(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn certificate_errors_in_words() {
+        use rustls::CertificateError as E;
+        let io =
+            |e: E| std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(e));
+        let cases = [
+            (E::UnknownIssuer, "not signed by a trusted authority (unknown issuer); use --insecure"),
+            (E::Expired, "has expired; check the clock"),
+            (E::NotValidForName, "is for another host name"),
+            (E::UnhandledCriticalExtension, "was rejected (unhandled critical extension)"),
+        ];
+        for (error, want) in cases {
+            let text = tls_words(&io(error)).unwrap();
+            assert!(text.contains(want), "{text}");
+        }
+        assert_eq!(tls_words(&std::io::Error::other("plain")), None);
+        assert_eq!(words_of("CaUsedAsEndEntity"), "ca used as end entity");
+        assert_eq!(words_of("Other(OtherError(X))"), "other");
     }
 
     #[test]

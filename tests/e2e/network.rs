@@ -343,3 +343,45 @@ fn a_host_that_does_not_exist_is_named_and_an_unanswered_lookup_is_retried() {
         assert!(out.stderr.contains("f: host nonexistent.invalid not found (DNS)"), "{}", out.stderr);
     }
 }
+
+/// The error line of an https download that fails verification.
+fn tls_failure(server: &Server, ssl_cert_file: Option<&str>) -> String {
+    server.file("/f", 7, 100);
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} f\n", server.url("/f")));
+    let mut cmd = fetch(tmp.path());
+    if let Some(name) = ssl_cert_file {
+        cmd.env("SSL_CERT_FILE", format!("{}/tests/e2e/tls/{name}", env!("CARGO_MANIFEST_DIR")));
+    }
+    let out = run(cmd.args(FAST).arg("m.txt"));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(server.log().is_empty());
+    assert!(!out.stderr.contains("Other(") && !out.stderr.contains("Error("), "{}", out.stderr);
+    out.stderr
+}
+
+#[test]
+fn a_certificate_from_an_unknown_authority_is_explained_in_words() {
+    let stderr = tls_failure(&Server::start_tls(), None);
+    assert!(
+        stderr.contains(
+            "f: cannot connect: the server's certificate is not signed by a trusted authority \
+             (unknown issuer); use --insecure to skip verification, or SSL_CERT_FILE to trust its CA"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("UnknownIssuer"), "{stderr}");
+}
+
+#[test]
+fn a_ca_certificate_used_as_the_servers_own_is_explained_in_words() {
+    // Trusted (SSL_CERT_FILE names it), but a CA may not serve as a server's certificate.
+    let stderr = tls_failure(&Server::start_tls_with("ca-cert.pem", "ca-key.pem"), Some("ca-cert.pem"));
+    assert!(
+        stderr.contains(
+            "f: cannot connect: the server presented a CA certificate as its own (CA used as end entity)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("CaUsedAsEndEntity"), "{stderr}");
+}
