@@ -385,3 +385,66 @@ fn a_ca_certificate_used_as_the_servers_own_is_explained_in_words() {
     );
     assert!(!stderr.contains("CaUsedAsEndEntity"), "{stderr}");
 }
+
+/// `Range: bytes=A-B` of a request head.
+fn range_of(head: &str) -> Option<(usize, usize)> {
+    let line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("range:"))?;
+    let (a, b) = line.split_once('=')?.1.trim().split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+#[test]
+fn a_split_range_that_runs_past_its_content_range_is_not_trusted() {
+    // A slow first response makes the file split; the first range's 206
+    // announces 64 KiB and sends 64 KiB of junk after them; the other
+    // ranges are honest.
+    const LEN: usize = 4 << 20;
+    let body = content(8, LEN);
+    let served = body.clone();
+    let lied = Arc::new(AtomicBool::new(false));
+    let lie = lied.clone();
+    let server = RawServer::start(move |_, head, out| {
+        let common = "ETag: \"v1\"\r\nAccept-Ranges: bytes\r\nConnection: close\r\n";
+        let Some((start, end)) = range_of(head) else {
+            // About 640 KiB/s: over 2 s for the rest of the file.
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n{common}\r\n");
+            let _ = out.send(head.as_bytes());
+            for piece in served.chunks(32 * 1024) {
+                if out.send(piece).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        };
+        let end = end.min(LEN - 1);
+        if !lie.swap(true, Ordering::SeqCst) {
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{LEN}\r\n\
+                 Transfer-Encoding: chunked\r\n{common}\r\n",
+                start + 65535
+            );
+            let mut chunk = served[start..start + 65536].to_vec();
+            chunk.extend_from_slice(&[b'x'; 65536]);
+            let _ = out
+                .send(head.as_bytes())
+                .and_then(|()| out.send(format!("{:x}\r\n", chunk.len()).as_bytes()))
+                .and_then(|()| out.send(&chunk))
+                .and_then(|()| out.send(b"\r\n0\r\n\r\n"));
+            return;
+        }
+        let head = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end}/{LEN}\r\n\
+             Content-Length: {}\r\n{common}\r\n",
+            end + 1 - start
+        );
+        let _ = out.send(head.as_bytes()).and_then(|()| out.send(&served[start..=end]));
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} f\n", server.url("/f")));
+    let out = run(fetch(tmp.path()).args(FAST).args(["-v", "--split-size", "1M", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("split       f:"), "{}", out.stderr);
+    assert!(lied.load(Ordering::SeqCst), "no range was asked for");
+    assert!(std::fs::read(tmp.path().join("f")).unwrap() == body, "bytes past a Content-Range were kept");
+}
