@@ -1,8 +1,9 @@
 //! Which failures are worth another attempt, and how long to wait first.
 //!
-//! [`classify`] is the one place that decides transient versus permanent;
-//! it walks the error's `source()` chain because reqwest wraps hyper, which
-//! wraps io and rustls errors. Wait times come from backon's exponential
+//! [`status_class`] and [`error_class`] are the one place that decides
+//! transient versus permanent; the latter walks the error's `source()` chain
+//! because reqwest wraps hyper, which wraps io, rustls and name lookup
+//! errors. Wait times come from backon's exponential
 //! schedule; a server's `Retry-After` (RFC 9110 §10.2.3) overrides it, capped
 //! at `--retry-max-delay`.
 
@@ -251,7 +252,7 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("client error (Connect)")]
         struct Connect(#[source] Dns);
-        let io = io::Error::new(io::ErrorKind::Other, format!("{LOOKUP_FAILED}: {detail}"));
+        let io = io::Error::other(format!("{LOOKUP_FAILED}: {detail}"));
         Connect(Dns(io))
     }
 
