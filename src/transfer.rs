@@ -518,6 +518,19 @@ fn tls_words(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let rustls::Error::InvalidCertificate(cert) = tls else {
         return match tls {
             rustls::Error::NoCertificatesPresented => Some("the server presented no certificate".into()),
+            rustls::Error::InvalidMessage(_) => {
+                Some("the server did not answer in TLS (is this an http:// port?)".into())
+            }
+            rustls::Error::AlertReceived(alert) => {
+                Some(format!("the server refused the TLS handshake ({})", words_of(&format!("{alert:?}"))))
+            }
+            rustls::Error::PeerIncompatible(why) => Some(format!(
+                "the server and fetch have no TLS version or cipher in common ({})",
+                words_of(&format!("{why:?}"))
+            )),
+            rustls::Error::PeerMisbehaved(why) => {
+                Some(format!("the server broke the TLS protocol ({})", words_of(&format!("{why:?}"))))
+            }
             _ => None,
         };
     };

@@ -448,3 +448,19 @@ fn a_split_range_that_runs_past_its_content_range_is_not_trusted() {
     assert!(lied.load(Ordering::SeqCst), "no range was asked for");
     assert!(std::fs::read(tmp.path().join("f")).unwrap() == body, "bytes past a Content-Range were kept");
 }
+
+#[test]
+fn https_to_a_plain_http_port_is_explained_in_words() {
+    let server = Server::start();
+    server.file("/f", 9, 100);
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} f\n", server.url("/f").replace("http://", "https://")));
+    let out = run(fetch(tmp.path()).args(FAST).args(["--retries", "0", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("f: cannot connect: the server did not answer in TLS (is this an http:// port?)"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("InvalidContentType"), "{}", out.stderr);
+}
