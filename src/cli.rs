@@ -86,7 +86,9 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Retries")]
     pub retry_max_delay: HumanDuration,
 
-    /// Start every download from zero: discard partial files instead of resuming them.
+    /// Start every download from zero: discard partial files instead of resuming them,
+    /// and retry from zero too. No request carries Range, except the ranges of a split
+    /// download (see --split-size), which stay within one attempt.
     #[arg(long, help_heading = "Retries")]
     pub no_resume: bool,
 

@@ -235,6 +235,11 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
             };
             slot = Some(acquired);
         }
+        if !ctx.resume && state.offset > 0 {
+            // --no-resume: a retry starts from zero too, without Range.
+            partial.truncate().map_err(partial_error)?;
+            state = State { hasher: entry.sha256.map(|_| Sha256::new()), ..State::default() };
+        }
         let before = state.received;
         let step = match resume_split.take() {
             Some(done) => Ok(Step::Split(None, done)),

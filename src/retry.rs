@@ -1,8 +1,9 @@
 //! Which failures are worth another attempt, and how long to wait first.
 //!
-//! [`classify`] is the one place that decides transient versus permanent;
-//! it walks the error's `source()` chain because reqwest wraps hyper, which
-//! wraps io and rustls errors. Wait times come from backon's exponential
+//! [`status_class`] and [`error_class`] are the one place that decides
+//! transient versus permanent; the latter walks the error's `source()` chain
+//! because reqwest wraps hyper, which wraps io, rustls and name lookup
+//! errors. Wait times come from backon's exponential
 //! schedule; a server's `Retry-After` (RFC 9110 §10.2.3) overrides it, capped
 //! at `--retry-max-delay`.
 
@@ -70,12 +71,68 @@ pub fn status_class(status: StatusCode) -> Class {
     }
 }
 
+/// How a name lookup failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupFailure {
+    /// The resolver answered that the name does not exist or has no
+    /// address (NXDOMAIN, NODATA): asking again gets the same answer.
+    NoSuchHost,
+    /// The resolver could not answer (`EAI_AGAIN`: no network, a VPN that
+    /// dropped, a server timing out; `EAI_FAIL`: SERVFAIL).
+    Unanswered,
+}
+
+/// What std prefixes to a `getaddrinfo` error, which hyper-util's resolver
+/// passes on as an `io::Error` of kind `Uncategorized`: the resolver's
+/// `EAI_*` code survives only as the `gai_strerror` text after it.
+const LOOKUP_FAILED: &str = "failed to lookup address information";
+
+/// `gai_strerror` texts of a definitive "no such host" (`EAI_NONAME`,
+/// `EAI_NODATA`): glibc, musl, macOS/BSD, Windows. Rust programs run in
+/// the C locale, so these are untranslated.
+const NO_SUCH_HOST: [&str; 6] = [
+    "Name or service not known",
+    "No address associated with hostname",
+    "Name does not resolve",
+    "Name has no usable address",
+    "nodename nor servname provided, or not known",
+    "No such host is known",
+];
+
+/// Whether `error`'s cause chain holds a failed name lookup, and how it
+/// failed. A lookup error of the system (`EAI_SYSTEM`, such as EMFILE)
+/// carries the OS error instead and is not one.
+pub fn lookup_failure(error: &(dyn StdError + 'static)) -> Option<LookupFailure> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(err) = current {
+        if let Some(io_err) = err.downcast_ref::<io::Error>() {
+            let text = io_err.to_string();
+            if let Some(detail) = text.strip_prefix(LOOKUP_FAILED) {
+                return Some(if NO_SUCH_HOST.iter().any(|t| detail.contains(t)) {
+                    LookupFailure::NoSuchHost
+                } else {
+                    LookupFailure::Unanswered
+                });
+            }
+        }
+        current = err.source();
+    }
+    None
+}
+
 /// Classify a transport or disk error by walking its cause chain.
 pub fn error_class(error: &(dyn StdError + 'static)) -> Class {
+    // The host does not exist: only NXDOMAIN is definitive; a resolver
+    // that cannot answer now is the flaky network retries are for.
+    match lookup_failure(error) {
+        Some(LookupFailure::NoSuchHost) => return Class::Permanent,
+        Some(LookupFailure::Unanswered) => return Class::Transient,
+        None => {}
+    }
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(err) = current {
         // A certificate the server will keep presenting: retrying cannot help.
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        if let Some(tls) = rustls_error(err) {
             return match tls {
                 rustls::Error::InvalidCertificate(_)
                 | rustls::Error::NoCertificatesPresented
@@ -84,13 +141,6 @@ pub fn error_class(error: &(dyn StdError + 'static)) -> Class {
             };
         }
         if let Some(io_err) = err.downcast_ref::<io::Error>() {
-            // tokio-rustls reports TLS failures as io::Error wrapping rustls::Error.
-            if let Some(inner) = io_err.get_ref()
-                && inner.downcast_ref::<rustls::Error>().is_some()
-            {
-                current = Some(inner);
-                continue;
-            }
             return io_class(io_err.kind());
         }
         if let Some(req) = err.downcast_ref::<reqwest::Error>() {
@@ -104,9 +154,22 @@ pub fn error_class(error: &(dyn StdError + 'static)) -> Class {
         current = err.source();
     }
     // Connection-level failures without a more specific cause (hyper's
-    // "connection closed before message completed", DNS failures, ...) are
+    // "connection closed before message completed", ...) are
     // the flaky network the retries exist for.
     Class::Transient
+}
+
+/// `error` as a rustls error: itself, or inside the `io::Error`s that
+/// tokio-rustls and hyper-util wrap it in (an `io::Error`'s `source()`
+/// skips the error it wraps, so the chain alone never shows it).
+pub fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = error;
+    loop {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = current.downcast_ref::<io::Error>()?.get_ref()?;
+    }
 }
 
 fn io_class(kind: io::ErrorKind) -> Class {
@@ -171,6 +234,56 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
         assert_eq!(error_class(&Outer(bad_cert)), Class::Permanent);
+        // As hyper-util passes it on: an io::Error around tokio-rustls's.
+        let rustls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let nested = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, rustls));
+        assert!(rustls_error(&nested).is_some());
+        assert_eq!(error_class(&Outer(nested)), Class::Permanent);
+        let alert = io::Error::other(rustls::Error::DecryptError);
+        assert_eq!(error_class(&Outer(alert)), Class::Transient);
+    }
+
+    /// An error shaped as reqwest reports a failed lookup: hyper-util's
+    /// "dns error" around std's io::Error.
+    fn lookup_error(detail: &str) -> impl StdError + 'static {
+        #[derive(Debug, thiserror::Error)]
+        #[error("dns error")]
+        struct Dns(#[source] io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Connect(#[source] Dns);
+        let io = io::Error::other(format!("{LOOKUP_FAILED}: {detail}"));
+        Connect(Dns(io))
+    }
+
+    #[test]
+    fn lookup_failure_table() {
+        use LookupFailure::*;
+        let cases = [
+            // glibc EAI_NONAME, EAI_NODATA, EAI_AGAIN, EAI_FAIL
+            ("Name or service not known", NoSuchHost),
+            ("No address associated with hostname", NoSuchHost),
+            ("Temporary failure in name resolution", Unanswered),
+            ("Non-recoverable failure in name resolution", Unanswered),
+            // musl
+            ("Name does not resolve", NoSuchHost),
+            ("Name could not be resolved at this time", Unanswered),
+            // macOS
+            ("nodename nor servname provided, or not known", NoSuchHost),
+            ("temporary failure in name resolution", Unanswered),
+            // An unknown text is not taken for a definitive answer.
+            ("something new", Unanswered),
+        ];
+        for (detail, want) in cases {
+            let error = lookup_error(detail);
+            assert_eq!(lookup_failure(&error), Some(want), "{detail}");
+            let class = if want == NoSuchHost { Class::Permanent } else { Class::Transient };
+            assert_eq!(error_class(&error), class, "{detail}");
+        }
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(lookup_failure(&reset), None);
+        let other = io::Error::other("failed to look at something");
+        assert_eq!(lookup_failure(&other), None);
     }
 
     #[test]

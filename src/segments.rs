@@ -486,6 +486,14 @@ async fn stream(
     mut response: Response,
     buffer: &mut Vec<u8>,
 ) -> Result<(), AttemptError> {
+    // A 206 carries no byte past its Content-Range: bytes beyond it are
+    // not the ones asked for.
+    let span = response
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| transfer::parse_content_range(v.to_str().ok()?))
+        .map(|(start, end, _)| end + 1 - start);
+    let mut body = 0u64;
     loop {
         let chunk = tokio::select! {
             chunk = response.chunk() => chunk.map_err(AttemptError::Http)?,
@@ -493,6 +501,10 @@ async fn stream(
         };
         let Some(chunk) = chunk else { break };
         shared.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        body += chunk.len() as u64;
+        if let Some(expected) = span.filter(|&span| body > span) {
+            return Err(AttemptError::Overlong { got: body, expected });
+        }
         let (take, complete) = shared.table().take(i, chunk.len() as u64);
         let bytes = &chunk[..take as usize];
         if bytes.len() >= DIRECT_WRITE {

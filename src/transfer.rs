@@ -34,7 +34,7 @@ use crate::fsx::{Meta, Partial};
 use crate::pool::Clients;
 use crate::progress::TransferProgress;
 use crate::redact;
-use crate::retry::{self, Class};
+use crate::retry::{self, Class, LookupFailure};
 use crate::segments::SplitPolicy;
 use crate::shutdown::Shutdown;
 
@@ -112,6 +112,8 @@ pub enum AttemptError {
     Status { status: StatusCode, retry_after: Option<Duration> },
     #[error("{}", describe(.0))]
     Http(reqwest::Error),
+    #[error("host {0} not found (DNS)")]
+    HostNotFound(String),
     #[error("more than {MAX_REDIRECTS} redirects")]
     TooManyRedirects,
     #[error("redirect to an unusable location: {0}")]
@@ -124,6 +126,8 @@ pub enum AttemptError {
     BadRange(String),
     #[error("server says the file is {server} bytes, the manifest says {manifest}")]
     SizeMismatch { server: u64, manifest: u64 },
+    #[error("size mismatch: the server sent more than the {manifest} bytes the manifest says")]
+    OverManifestSize { manifest: u64 },
     #[error("cannot write the partial file: {0}")]
     Disk(std::io::Error),
     #[error("interrupted")]
@@ -138,8 +142,11 @@ impl AttemptError {
             // A network that cuts bodies short is what retries are for.
             AttemptError::Truncated { .. } | AttemptError::BadRange(_) => Class::Transient,
             AttemptError::Overlong { .. } => Class::Transient,
+            // The resolver said the name does not exist.
+            AttemptError::HostNotFound(_) => Class::Permanent,
             AttemptError::TooManyRedirects | AttemptError::BadRedirect(_) => Class::Permanent,
-            AttemptError::SizeMismatch { .. } | AttemptError::Cancelled => Class::Permanent,
+            AttemptError::SizeMismatch { .. } | AttemptError::OverManifestSize { .. } => Class::Permanent,
+            AttemptError::Cancelled => Class::Permanent,
             AttemptError::Disk(source) => retry::error_class(source),
         }
     }
@@ -193,6 +200,8 @@ pub async fn attempt(
 ) -> Result<Attempted, AttemptError> {
     let disk = AttemptError::Disk;
     let ranged = state.offset > 0;
+    // Where a 206's body ends by its Content-Range.
+    let mut range_end = None;
     let range = RangeRequest { start: state.offset, end: None, if_range: state.if_range() };
     let response = tokio::select! {
         r = send(target, ranged.then_some(range)) => r?,
@@ -229,8 +238,9 @@ pub async fn attempt(
                 partial.truncate().map_err(disk)?;
                 return Err(AttemptError::BadRange(range.unwrap_or_else(|| "no Content-Range".into())));
             }
-            if let Some((_, _, total)) = parsed {
+            if let Some((_, end, total)) = parsed {
                 state.total = total.or(state.total);
+                range_end = Some(end + 1);
             }
             check_size(target, state.total)?;
         }
@@ -255,7 +265,8 @@ pub async fn attempt(
         }
     }
     state.pieces += 1;
-    stream_body(response, state, partial, progress, shutdown).await.map(|()| Attempted::Complete)
+    let limit = Limit { manifest: target.size, server: min_some(range_end, state.total) };
+    stream_body(response, state, partial, progress, shutdown, limit).await.map(|()| Attempted::Complete)
 }
 
 /// Ask for bytes `start..=end` of the version of the file that `if_range`
@@ -296,12 +307,31 @@ pub async fn fetch_range(
     }
 }
 
+/// Where a body must end, as an offset in the file: at the manifest's
+/// `size`, and at the end of what the server announced (`Content-Length`,
+/// or the end of a `206`'s `Content-Range`). Every body read is capped by
+/// them: without a cap, an endless chunked or close-delimited body fills
+/// the disk.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    manifest: Option<u64>,
+    server: Option<u64>,
+}
+
+fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        _ => a.or(b),
+    }
+}
+
 async fn stream_body(
     mut response: Response,
     state: &mut State,
     partial: &mut Partial,
     progress: &TransferProgress,
     shutdown: &Shutdown,
+    limit: Limit,
 ) -> Result<(), AttemptError> {
     progress.begin(state.offset, state.total);
     loop {
@@ -311,7 +341,12 @@ async fn stream_body(
         };
         let Some(chunk) = chunk else { break };
         let got = state.offset + chunk.len() as u64;
-        if let Some(expected) = state.total.filter(|&t| got > t) {
+        // Nothing past a promised end is written: the attempt fails on the
+        // first chunk that crosses it.
+        if let Some(manifest) = limit.manifest.filter(|&size| got > size) {
+            return Err(AttemptError::OverManifestSize { manifest });
+        }
+        if let Some(expected) = limit.server.filter(|&end| got > end) {
             return Err(AttemptError::Overlong { got, expected });
         }
         partial.write(&chunk).map_err(AttemptError::Disk)?;
@@ -346,13 +381,21 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
     for hop in 0..=MAX_REDIRECTS {
         let same_origin = url.origin() == origin;
         let client = target.clients.for_url(&url).map_err(AttemptError::Http)?;
-        let mut request = client.get(url.clone());
+        // reqwest would turn user:pass@ into a second Authorization header
+        // beside one the user gave: credentials are added here, once.
+        let (bare, userinfo) = split_userinfo(&url);
+        let mut request = client.get(bare);
+        let mut explicit = false;
         if same_origin {
             request = request.headers(target.headers.clone());
-            if hop > 0 && target.url.password().is_some() {
-                // Keep user:pass@ credentials within their origin, as curl does.
-                request = request.basic_auth(target.url.username(), target.url.password());
-            }
+            explicit = target.headers.contains_key(header::AUTHORIZATION);
+        }
+        // The URL's own credentials, else the manifest URL's within its
+        // origin (as curl does); an Authorization header given by the user
+        // (`-H`, manifest `headers`) wins over both.
+        let credentials = userinfo.or_else(|| same_origin.then(|| split_userinfo(target.url).1).flatten());
+        if let Some((user, password)) = credentials.filter(|_| !explicit) {
+            request = request.basic_auth(user, password);
         }
         if let Some(RangeRequest { start, end, if_range }) = range {
             let value = match end {
@@ -364,7 +407,12 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
                 request = request.header(header::IF_RANGE, validator);
             }
         }
-        let response = request.send().await.map_err(|e| AttemptError::Http(e.without_url()))?;
+        let response = request.send().await.map_err(|e| match retry::lookup_failure(&e) {
+            Some(LookupFailure::NoSuchHost) => {
+                AttemptError::HostNotFound(url.host_str().unwrap_or("").to_owned())
+            }
+            _ => AttemptError::Http(e.without_url()),
+        })?;
         let is_redirect = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308);
         let Some(location) = response.headers().get(header::LOCATION).filter(|_| is_redirect) else {
             return Ok(response);
@@ -386,6 +434,21 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
         url = next;
     }
     unreachable!("the loop returns by its last hop")
+}
+
+/// `url` without its `user:pass@`, and those credentials, percent-decoded
+/// (RFC 3986 §3.2.1), when there are any.
+fn split_userinfo(url: &Url) -> (Url, Option<(String, Option<String>)>) {
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    if url.username().is_empty() && url.password().is_none() {
+        return (url.clone(), None);
+    }
+    let credentials = (decode(url.username()), url.password().map(decode));
+    let mut bare = url.clone();
+    // Cannot fail: a URL with credentials has a host.
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    (bare, Some(credentials))
 }
 
 /// `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`).
@@ -430,12 +493,99 @@ fn describe(error: &reqwest::Error) -> String {
     };
     let mut root: &(dyn std::error::Error + 'static) = error;
     while let Some(source) = root.source() {
+        if let Some(words) = tls_words(root) {
+            return format!("{kind}: {words}");
+        }
         root = source;
+    }
+    if let Some(words) = tls_words(root) {
+        return format!("{kind}: {words}");
     }
     if std::ptr::addr_eq(root, error as &dyn std::error::Error) {
         return kind.to_owned();
     }
     format!("{kind}: {root}")
+}
+
+const TRUST_HINT: &str = "use --insecure to skip verification, or SSL_CERT_FILE to trust its CA";
+
+/// A certificate error in words, with what to do about it. rustls prints
+/// certificate errors as Rust debug text (`UnknownIssuer`,
+/// `Other(OtherError(CaUsedAsEndEntity))`).
+fn tls_words(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let tls = retry::rustls_error(error)?;
+    use rustls::CertificateError as E;
+    let rustls::Error::InvalidCertificate(cert) = tls else {
+        return match tls {
+            rustls::Error::NoCertificatesPresented => Some("the server presented no certificate".into()),
+            rustls::Error::InvalidMessage(_) => {
+                Some("the server did not answer in TLS (is this an http:// port?)".into())
+            }
+            rustls::Error::AlertReceived(alert) => {
+                Some(format!("the server refused the TLS handshake ({})", words_of(&format!("{alert:?}"))))
+            }
+            rustls::Error::PeerIncompatible(why) => Some(format!(
+                "the server and fetch have no TLS version or cipher in common ({})",
+                words_of(&format!("{why:?}"))
+            )),
+            rustls::Error::PeerMisbehaved(why) => {
+                Some(format!("the server broke the TLS protocol ({})", words_of(&format!("{why:?}"))))
+            }
+            _ => None,
+        };
+    };
+    let (what, hint) = match cert {
+        E::UnknownIssuer => (
+            "the server's certificate is not signed by a trusted authority (unknown issuer)".into(),
+            TRUST_HINT,
+        ),
+        E::BadSignature => ("the server's certificate has a bad signature".into(), TRUST_HINT),
+        E::Expired | E::ExpiredContext { .. } => {
+            ("the server's certificate has expired".into(), "check the clock, or use --insecure")
+        }
+        E::NotValidYet | E::NotValidYetContext { .. } => {
+            ("the server's certificate is not valid yet".into(), "check the clock, or use --insecure")
+        }
+        E::Revoked => ("the server's certificate has been revoked".into(), TRUST_HINT),
+        E::NotValidForName => ("the server's certificate is for another host name".into(), "use --insecure"),
+        E::NotValidForNameContext { presented, .. } => (
+            format!(
+                "the server's certificate is for another host name (it names {})",
+                if presented.is_empty() { "none".into() } else { presented.join(", ") }
+            ),
+            "use a name it is for, or --insecure",
+        ),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
+            ("the server's certificate is not meant for a TLS server".into(), TRUST_HINT)
+        }
+        E::BadEncoding => ("the server's certificate is malformed".into(), TRUST_HINT),
+        E::Other(other) => match other.to_string().as_str() {
+            "CaUsedAsEndEntity" => (
+                "the server presented a CA certificate as its own (CA used as end entity)".into(),
+                TRUST_HINT,
+            ),
+            // webpki's errors print as their variant's name.
+            name => (format!("the server's certificate was rejected ({})", words_of(name)), TRUST_HINT),
+        },
+        other => (
+            format!("the server's certificate was rejected ({})", words_of(&format!("{other:?}"))),
+            TRUST_HINT,
+        ),
+    };
+    Some(format!("{what}; {hint}"))
+}
+
+/// `CamelCaseName` as `camel case name`; anything from the first
+/// non-letter on (a variant's fields) dropped.
+fn words_of(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().take_while(char::is_ascii_alphanumeric) {
+        if c.is_ascii_uppercase() && !out.is_empty() {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// An error with its causes, `outer: inner: innermost`, repeats dropped.
@@ -480,6 +630,26 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parse_content_range(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn certificate_errors_in_words() {
+        use rustls::CertificateError as E;
+        let io =
+            |e: E| std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(e));
+        let cases = [
+            (E::UnknownIssuer, "not signed by a trusted authority (unknown issuer); use --insecure"),
+            (E::Expired, "has expired; check the clock"),
+            (E::NotValidForName, "is for another host name"),
+            (E::UnhandledCriticalExtension, "was rejected (unhandled critical extension)"),
+        ];
+        for (error, want) in cases {
+            let text = tls_words(&io(error)).unwrap();
+            assert!(text.contains(want), "{text}");
+        }
+        assert_eq!(tls_words(&std::io::Error::other("plain")), None);
+        assert_eq!(words_of("CaUsedAsEndEntity"), "ca used as end entity");
+        assert_eq!(words_of("Other(OtherError(X))"), "other");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod confine;
 mod core;
+mod network;
 mod output;
 mod resilience;
 mod server;

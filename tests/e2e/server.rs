@@ -129,11 +129,16 @@ impl Server {
 
     /// An HTTPS server with the self-signed certificate in `tls/`.
     pub fn start_tls() -> Server {
+        Server::start_tls_with("cert.pem", "key.pem")
+    }
+
+    /// An HTTPS server with this certificate and key of `tls/`.
+    pub fn start_tls_with(cert: &str, key: &str) -> Server {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/tls");
-        let certs = vec![CertificateDer::from_pem_file(format!("{dir}/cert.pem")).unwrap()];
-        let key = PrivateKeyDer::from_pem_file(format!("{dir}/key.pem")).unwrap();
+        let certs = vec![CertificateDer::from_pem_file(format!("{dir}/{cert}")).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}/{key}")).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
