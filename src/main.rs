@@ -1,13 +1,14 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use fetch::cli::{Cli, Command};
+use fetch::cli::{Cli, Command, header_values};
 use fetch::config::Config;
 use fetch::report::{EXIT_OK, EXIT_USAGE};
 use fetch::transfer::ErrorChain;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<_> = std::env::args_os().collect();
+    let cli = Cli::try_parse_from(&args).unwrap_or_else(|err| usage_error(&err, &args));
     if let Some(Command::Completions { shell }) = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "fetch", &mut std::io::stdout());
         return ExitCode::from(EXIT_OK);
@@ -19,4 +20,19 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// Print clap's error (or help) and exit, with every `-H` value taken out:
+/// clap quotes the arguments it objects to, and a header is a secret.
+fn usage_error(err: &clap::Error, args: &[std::ffi::OsString]) -> ! {
+    let secrets = header_values(args);
+    if secrets.is_empty() || !err.use_stderr() {
+        err.exit();
+    }
+    let mut text = err.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret.as_str(), "<header>");
+    }
+    eprint!("{text}");
+    std::process::exit(err.exit_code());
 }

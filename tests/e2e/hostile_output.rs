@@ -1,0 +1,116 @@
+//! Hostile input against what `fetch` prints: no secret (URL password,
+//! header value) reaches stdout, stderr or the report, whatever path the
+//! error takes; no input panics; control characters in names never reach
+//! the terminal raw.
+
+use crate::{Route, Server, fetch, run, write};
+
+/// A run's whole output must not hold `secret` (stdout, stderr and the
+/// report file `r.jsonl` when there is one).
+fn assert_nowhere(dir: &std::path::Path, out: &crate::Run, secret: &str, case: &str) {
+    assert!(!out.stderr.contains(secret), "{case}: stderr: {}", out.stderr);
+    assert!(!out.stdout.contains(secret), "{case}: stdout: {}", out.stdout);
+    if let Ok(report) = std::fs::read_to_string(dir.join("r.jsonl")) {
+        assert!(!report.contains(secret), "{case}: report: {report}");
+    }
+}
+
+#[test]
+fn a_malformed_header_is_refused_without_echoing_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", "http://127.0.0.1:1/a\n");
+    let malformed = [
+        "Authorization Bearer SECRET-7f3a",
+        "SECRET-7f3a",
+        "Bearer SECRET-7f3a:x",
+        "Authorization: SECRET-7f3a\u{1}",
+        "--SECRET-7f3a",
+    ];
+    for header in malformed {
+        for args in [vec!["-H", header], vec![&*format!("--header={header}")], vec!["-qH", header]] {
+            let out = run(fetch(tmp.path()).args(&args).arg("m.txt"));
+            assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+            assert!(out.stderr.contains("-H"), "{args:?}: the error names -H: {}", out.stderr);
+            assert_nowhere(tmp.path(), &out, "SECRET-7f3a", &format!("{args:?}"));
+        }
+    }
+    // An error about another argument does not quote a good header either.
+    let out = run(fetch(tmp.path()).args(["-H", "X-Key: SECRET-7f3a", "--bogus", "m.txt"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert_nowhere(tmp.path(), &out, "SECRET-7f3a", "--bogus");
+    // Nor does a bad line of a header file.
+    write(tmp.path(), "h.txt", "# ok\nX-Good: 1\nAuthorization Bearer SECRET-7f3a\n");
+    let out = run(fetch(tmp.path()).args(["-H", "@h.txt", "m.txt"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("h.txt:3:"), "{}", out.stderr);
+    assert_nowhere(tmp.path(), &out, "SECRET-7f3a", "header file");
+}
+
+#[test]
+fn any_number_of_headers_is_a_usage_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", "http://127.0.0.1:1/a\n");
+    for count in [1001, 24_576, 40_000] {
+        let lines: String = (0..count).map(|i| format!("X-H{i}: v\n")).collect();
+        write(tmp.path(), "h.txt", &lines);
+        let out = run(fetch(tmp.path()).args(["-H", "@h.txt", "m.txt"]));
+        assert_eq!(out.code, Some(2), "{count}: {out:?}");
+        assert!(out.stderr.contains("more than 1000 headers"), "{count}: {}", out.stderr);
+    }
+    let one_large = format!("X-Big: {}\n", "a".repeat(70_000));
+    write(tmp.path(), "h.txt", &one_large);
+    let out = run(fetch(tmp.path()).args(["-H", "@h.txt", "m.txt"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("more than 64 KiB"), "{}", out.stderr);
+    let out = run(fetch(tmp.path()).args(["-H", "@/dev/zero", "m.txt"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("/dev/zero"), "{}", out.stderr);
+}
+
+#[test]
+fn the_most_headers_a_manifest_line_holds_do_not_panic() {
+    let server = Server::start();
+    server.route("/a", Route::new("x"));
+    let tmp = tempfile::tempdir().unwrap();
+    // As many distinct names as a 64 KiB line holds, on top of 1000 -H.
+    let mut line = format!("{{\"url\":\"{}\",\"headers\":{{\"h\":\"\"", server.url("/a"));
+    let digits: Vec<char> = ('a'..='z').chain('0'..='9').collect();
+    let name = |mut i: usize| {
+        let mut name = String::new();
+        while name.is_empty() || i > 0 {
+            name.push(digits[i % digits.len()]);
+            i /= digits.len();
+        }
+        name
+    };
+    for i in 0.. {
+        if line.len() > 64 * 1024 - 20 {
+            break;
+        }
+        line.push_str(&format!(",\"x{}\":\"\"", name(i)));
+    }
+    line.push_str("}}\n");
+    write(tmp.path(), "m.txt", &line);
+    let global: String = (0..1000).map(|i| format!("X-G{i}: v\n")).collect();
+    write(tmp.path(), "h.txt", &global);
+    let out = run(fetch(tmp.path()).args(["-H", "@h.txt", "--retries", "0", "m.txt"]));
+    // The test server refuses that many headers; what matters is an answer.
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("0 downloaded, 0 skipped, 1 failed"), "{}", out.stderr);
+}
+
+#[test]
+fn zero_timeouts_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", "http://127.0.0.1:1/a\n");
+    for option in ["--read-timeout", "--connect-timeout"] {
+        for zero in ["0", "0s", "0ms", "0.0000001s"] {
+            let out = run(fetch(tmp.path()).args([option, zero, "m.txt"]));
+            assert_eq!(out.code, Some(2), "{option} {zero}: {out:?}");
+            assert!(out.stderr.contains(option) && out.stderr.contains("at least 1ms"), "{}", out.stderr);
+        }
+    }
+    // A zero retry delay is a choice (retry at once), not a mistake.
+    let out = run(fetch(tmp.path()).args(["--retry-delay", "0", "--retries", "0", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+}
