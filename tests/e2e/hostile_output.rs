@@ -114,3 +114,48 @@ fn zero_timeouts_are_usage_errors() {
     let out = run(fetch(tmp.path()).args(["--retry-delay", "0", "--retries", "0", "m.txt"]));
     assert_eq!(out.code, Some(1), "{out:?}");
 }
+
+#[test]
+fn a_url_password_is_hidden_even_when_the_url_does_not_parse() {
+    let server = Server::start();
+    let port = server.addr.port();
+    server.route("/there", Route { statuses: [(404, None)].into(), ..Route::new("x") });
+    // A server whose redirect cannot be followed, quoting a password.
+    server.route("/moved", Route { redirect: Some("http://u:k3y9#z8qv@h:x/".into()), ..Route::new("") });
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = [
+        format!("http://u:k3y9?z8qv@127.0.0.1:{port}/a"),
+        format!("http://u:k3y9#z8qv@127.0.0.1:{port}/b"),
+        format!("http://u:k3y9 z8qv@127.0.0.1:{port}/c"),
+        format!("http://u:k3y9/z8qv@127.0.0.1:{port}/d"),
+        format!("http://u:k3y9\\z8qv@127.0.0.1:{port}/e"),
+        "https//u:k3y9z8qv@127.0.0.1/f".to_owned(),
+        "ht!tp://u:k3y9z8qv@127.0.0.1/g".to_owned(),
+        "u:k3y9z8qv@127.0.0.1/h".to_owned(),
+        r#"{"url": "http://u:k3y9 z8qv@[bad/i"}"#.to_owned(),
+        r#"{"url": "http://u:k3y9?z8qv@127.0.0.1:1/j", "path": "j"}"#.to_owned(),
+        format!(r#"{{"url": "http://127.0.0.1:{port}/k", "headers": "Authorization: k3y9z8qv"}}"#),
+        format!(r#"{{"url": "http://127.0.0.1:{port}/l", "headers": {{"k3y9z8qv y": "v"}}}}"#),
+        format!(r#"{{"url": "http://127.0.0.1:{port}/m", "size": "k3y9z8qv"}}"#),
+        // Parsed: the password is in the URL, and the request is made.
+        format!("http://u:k3y9@z8qv@127.0.0.1:{port}/there"),
+        format!("http://u:k3y9z8qv@127.0.0.1:{port}/moved"),
+    ];
+    write(tmp.path(), "m.txt", &(lines.join("\n") + "\n"));
+    let out = run(fetch(tmp.path()).args(["-v", "--retries", "0", "--report", "r.jsonl", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("0 downloaded, 0 skipped, 15 failed"), "{}", out.stderr);
+    assert!(out.stderr.contains("m.txt:1: invalid URL"), "{}", out.stderr);
+    assert!(out.stderr.contains("redirect to an unusable location"), "{}", out.stderr);
+    for fragment in ["k3y9", "z8qv"] {
+        assert_nowhere(tmp.path(), &out, fragment, "a run");
+    }
+    assert_eq!(server.requests_to("/there").len(), 1);
+    // A dry run prints its list on stdout, and the same errors.
+    let out = run(fetch(tmp.path()).args(["--dry-run", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("there"), "{}", out.stdout);
+    for fragment in ["k3y9", "z8qv"] {
+        assert_nowhere(tmp.path(), &out, fragment, "a dry run");
+    }
+}
