@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use fetch::cli::{Cli, Command, header_values};
-use fetch::config::Config;
+use fetch::config::{Config, ConfigError};
+use fetch::progress::escape;
 use fetch::report::{EXIT_OK, EXIT_USAGE};
 use fetch::transfer::ErrorChain;
 
@@ -15,8 +16,13 @@ fn main() -> ExitCode {
     }
     match Config::from_cli(cli).map_err(fetch::Error::from).and_then(fetch::run) {
         Ok(summary) => ExitCode::from(summary.exit_code()),
+        // Its lines are ours alone.
+        Err(err @ fetch::Error::Config(ConfigError::StdinIsTerminal)) => {
+            eprintln!("fetch: {err}");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(err) => {
-            eprintln!("fetch: {}", ErrorChain(&err));
+            eprintln!("fetch: {}", escape(&ErrorChain(&err).to_string()));
             ExitCode::from(EXIT_USAGE)
         }
     }

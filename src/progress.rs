@@ -12,12 +12,18 @@
 //!   thousands of bars); failures and `-v` lines print above the bars.
 //! - `none`: neither; failures and the summary still print.
 //!
+//! Every line and bar label goes through [`escape`] on its way out: names
+//! come from URLs and manifests, and a raw newline, carriage return or
+//! escape sequence in one would forge log lines or drive the terminal.
+//!
 //! The hot path stays cheap at tens of thousands of files per second: bytes
 //! and files are counted in atomics, a ticker thread redraws the overall bar
 //! ten times a second, and only downloads of at least [`LARGE`] bytes (or of
 //! unknown size) get a bar of their own.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -434,7 +440,7 @@ impl Bars {
         let bar = self.free.lock().expect("free bars").pop().unwrap_or_else(ProgressBar::hidden);
         let bar = self.multi.add(bar);
         bar.reset();
-        bar.set_prefix(short_name(name, 24));
+        bar.set_prefix(short_name(&escape(name), 24));
         Some(bar)
     }
 
@@ -448,7 +454,7 @@ impl Bars {
         if self.multi.is_hidden() {
             line(format_args!("{text}"));
         } else {
-            let _ = self.multi.println(text);
+            let _ = self.multi.println(escape(text));
         }
     }
 
@@ -522,9 +528,45 @@ impl TermLike for AnsiStderr {
 }
 
 fn line(args: std::fmt::Arguments<'_>) {
+    let text = match args.as_str() {
+        Some(text) => Cow::Borrowed(text),
+        None => Cow::Owned(args.to_string()),
+    };
     let mut err = std::io::stderr().lock();
     // Nowhere left to report a failure to write to stderr.
-    let _ = writeln!(err, "{args}");
+    let _ = writeln!(err, "{}", escape(&text));
+}
+
+/// `text` made safe to print as one line: control characters (C0, DEL,
+/// C1) and the Unicode controls that reorder or break text (bidi
+/// overrides and isolates, line and paragraph separators) become
+/// `\x1b` or `\u{202e}`. Printable text is unchanged, backslashes too.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unprintable) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c as u32 {
+            _ if !unprintable(c) => out.push(c),
+            code @ 0..=0xff => {
+                let _ = write!(out, "\\x{code:02x}");
+            }
+            code => {
+                let _ = write!(out, "\\u{{{code:x}}}");
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// `1536` -> `1.5 KiB`.
@@ -581,6 +623,22 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(120)), "120ms");
         assert_eq!(human_duration(Duration::from_millis(2500)), "2.5s");
         assert_eq!(human_duration(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let cases = [
+            ("plain/name ü.txt", "plain/name ü.txt"),
+            ("a\nfailed      x", "a\\x0afailed      x"),
+            ("\x1b[31mred\r", "\\x1b[31mred\\x0d"),
+            ("tab\tdel\x7f c1\u{9b}", "tab\\x09del\\x7f c1\\x9b"),
+            ("bidi\u{202e}txt.exe\u{2069}", "bidi\\u{202e}txt.exe\\u{2069}"),
+            ("back\\slash", "back\\slash"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(escape(input), want, "{input:?}");
+        }
+        assert!(matches!(escape("clean"), Cow::Borrowed(_)));
     }
 
     #[test]

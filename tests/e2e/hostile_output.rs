@@ -3,6 +3,8 @@
 //! error takes; no input panics; control characters in names never reach
 //! the terminal raw.
 
+use std::time::Duration;
+
 use crate::{Route, Server, fetch, run, write};
 
 /// A run's whole output must not hold `secret` (stdout, stderr and the
@@ -158,4 +160,68 @@ fn a_url_password_is_hidden_even_when_the_url_does_not_parse() {
     for fragment in ["k3y9", "z8qv"] {
         assert_nowhere(tmp.path(), &out, fragment, "a dry run");
     }
+}
+
+/// Names that would forge a log line, move the cursor or color the
+/// terminal: from a URL (percent-decoded) and from a manifest path.
+fn hostile_names() -> (Server, tempfile::TempDir) {
+    let server = Server::start();
+    for path in ["/a%0afailed%20%20%20%20%20%20forged", "/%1b[31mred", "/r%0dfailed", "/bidi%e2%80%aetxt"] {
+        server.route(path, Route::new("x"));
+    }
+    server.route("/gone", Route { statuses: [(404, None)].into(), ..Route::new("x") });
+    // Large enough for a bar of its own, labelled with its name.
+    let slow =
+        Route { throttle: Some((64 * 1024, Duration::from_millis(10))), ..Route::new(vec![1u8; 2 << 20]) };
+    server.route("/big%1b]0;title%07", slow);
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "{}\n{}\n{}\n{}\n{}\n{{\"url\": \"{}\", \"path\": \"p\\u001b[2Jq\\nfailed      forged2\"}}\n",
+        server.url("/a%0afailed%20%20%20%20%20%20forged"),
+        server.url("/%1b[31mred"),
+        server.url("/r%0dfailed"),
+        server.url("/bidi%e2%80%aetxt"),
+        server.url("/big%1b]0;title%07"),
+        server.url("/gone"),
+    );
+    write(tmp.path(), "m.txt", &manifest);
+    (server, tmp)
+}
+
+#[test]
+fn control_characters_in_names_are_escaped_in_every_line() {
+    let (_server, tmp) = hostile_names();
+    let out = run(fetch(tmp.path()).args(["-v", "--retries", "0", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    // The files exist under their real names; only the display escapes.
+    assert!(tmp.path().join("a\nfailed      forged").is_file());
+    for raw in ['\x1b', '\r', '\u{202e}'] {
+        assert!(!out.stderr.contains(raw), "{raw:?} raw in stderr: {:?}", out.stderr);
+    }
+    let prefixes = ["attempt     ", "split       ", "downloaded  ", "failed      ", "fetch: "];
+    for line in out.stderr.lines() {
+        assert!(prefixes.iter().any(|p| line.starts_with(p)), "a line fetch did not write: {line:?}");
+    }
+    let failed: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("failed")).collect();
+    assert_eq!(failed, ["failed      p\\x1b[2Jq\\x0afailed      forged2: HTTP 404 Not Found"]);
+    for shown in
+        ["a\\x0afailed      forged  1 B", "\\x1b[31mred  1 B", "r\\x0dfailed  1 B", "bidi\\u{202e}txt"]
+    {
+        assert!(out.stderr.contains(&format!("downloaded  {shown}")), "{shown}: {}", out.stderr);
+    }
+
+    // A dry run's list on stdout, and bars drawn off a terminal.
+    let (_server, tmp) = hostile_names();
+    let out = run(fetch(tmp.path()).args(["--dry-run", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 6, "{}", out.stdout);
+    assert!(out.stdout.lines().all(|l| l.starts_with("download  ")), "{}", out.stdout);
+    assert!(!out.stdout.contains(['\x1b', '\r', '\u{202e}']), "{:?}", out.stdout);
+    let out = run(fetch(tmp.path()).args(["--progress", "bar", "--retries", "0", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("big\\x1b]0;title\\x07  "), "a bar for big: {:?}", out.stderr);
+    for injected in ["\x1b[31m", "\x1b[2J", "\x1b]0", "\x07", "\u{202e}", "\rfailed"] {
+        assert!(!out.stderr.contains(injected), "{injected:?} in {:?}", out.stderr);
+    }
+    assert!(out.stderr.contains("failed      p\\x1b[2Jq\\x0afailed      forged2"), "{:?}", out.stderr);
 }
