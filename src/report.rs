@@ -67,6 +67,9 @@ pub struct Outcome {
     pub attempts: u32,
     pub http_status: Option<u16>,
     pub elapsed: Duration,
+    /// From the first request to the last byte, retries included: the
+    /// time the log shows, without the waits for a slot or a commit.
+    pub transfer: Option<Duration>,
     /// Where this run continued a partial file left by an earlier run.
     pub resumed_from: u64,
 }

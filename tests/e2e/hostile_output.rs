@@ -225,3 +225,76 @@ fn control_characters_in_names_are_escaped_in_every_line() {
     }
     assert!(out.stderr.contains("failed      p\\x1b[2Jq\\x0afailed      forged2"), "{:?}", out.stderr);
 }
+
+#[test]
+fn bars_fit_a_narrow_terminal() {
+    let server = Server::start();
+    let slow =
+        Route { throttle: Some((64 * 1024, Duration::from_millis(20))), ..Route::new(vec![1u8; 2 << 20]) };
+    server.route("/a-rather-long-file-name-for-a-narrow-terminal.bin", slow);
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &server.url("/a-rather-long-file-name-for-a-narrow-terminal.bin"));
+    let out = run(fetch(tmp.path()).args(["--progress", "bar", "m.txt"]).env("COLUMNS", "60"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("-terminal.bin ["), "a slot bar was drawn: {:?}", out.stderr);
+    // A row that starts otherwise is the wrapped end of a line.
+    for row in screen_rows(&out.stderr, 60) {
+        let overall = row.starts_with(|c: char| c == '[' || c == '\u{2591}' || c.is_ascii_digit());
+        let slot = row.starts_with("  \u{2026}") || row.starts_with("  a-rather");
+        assert!(overall || slot || row.starts_with("fetch: "), "a wrapped line: {row:?}");
+    }
+}
+
+/// The rows a terminal `width` columns wide shows for what was drawn: a
+/// row ends at a newline, a carriage return, an escape code that moves
+/// the cursor or erases, and where it wraps. Colors are dropped.
+fn screen_rows(drawn: &str, width: usize) -> Vec<String> {
+    let mut rows = vec![String::new()];
+    let mut chars = drawn.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' | '\r' => rows.push(String::new()),
+            '\x1b' => {
+                assert_eq!(chars.next(), Some('['), "only CSI codes are drawn: {drawn:?}");
+                let end = chars.by_ref().find(|c| c.is_ascii_alphabetic()).unwrap();
+                if end != 'm' {
+                    rows.push(String::new());
+                }
+            }
+            c => {
+                if rows.last().unwrap().chars().count() == width {
+                    rows.push(String::new());
+                }
+                rows.last_mut().unwrap().push(c);
+            }
+        }
+    }
+    rows.retain(|row| !row.is_empty());
+    rows
+}
+
+/// The number and unit of `in 12ms` or `in 2.5s` on a log line.
+fn logged_time(stderr: &str, name: &str) -> Duration {
+    let line = stderr.lines().find(|l| l.starts_with(&format!("downloaded  {name} "))).unwrap();
+    let time = line.rsplit(" in ").next().unwrap();
+    match time.strip_suffix("ms") {
+        Some(ms) => Duration::from_millis(ms.parse().unwrap()),
+        None => Duration::from_secs_f64(time.strip_suffix('s').unwrap().parse().unwrap()),
+    }
+}
+
+#[test]
+fn a_log_line_shows_the_transfer_time_not_the_wait_for_a_slot() {
+    let server = Server::start();
+    server.route("/slow", Route { delay: Duration::from_secs(2), ..Route::new("s") });
+    server.route("/fast", Route::new("f"));
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{}\n{}\n", server.url("/slow"), server.url("/fast")));
+    let out = run(fetch(tmp.path()).args(["-j", "1", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let (slow, fast) = (logged_time(&out.stderr, "slow"), logged_time(&out.stderr, "fast"));
+    // One job: fast waited for slow's slot (if slow went first), which
+    // its line does not count.
+    assert!(slow >= Duration::from_secs(2), "{}", out.stderr);
+    assert!(fast < slow / 2, "{}", out.stderr);
+}
