@@ -49,7 +49,7 @@ pub enum ConfigError {
         "no manifest given and standard input is a terminal\n\nUsage: fetch [OPTIONS] [MANIFEST]...\n       generate-manifest | fetch [OPTIONS]\n\nFor more information, try '--help'."
     )]
     StdinIsTerminal,
-    #[error("cannot read manifest {}: {source}", path.display())]
+    #[error("cannot read manifest {}: {source}", crate::redact::path(path))]
     Manifest { path: PathBuf, source: io::Error },
     #[error("-H #{number}: {reason}")]
     Header { number: usize, reason: String },

@@ -52,6 +52,13 @@ pub fn url_str(text: &str) -> String {
     }
 }
 
+/// A path given on the command line, as it may be shown: one that is a
+/// URL (`fetch https://user:pass@host/file`) is redacted as one.
+pub fn path(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    if text.contains("://") { url_str(&text) } else { text }
+}
+
 /// A `serde_json` error message without the value it quotes: `invalid
 /// type: string "Bearer x", expected a map` names the kind only, since a
 /// value in the wrong place may be a header or a URL with a password.

@@ -153,6 +153,12 @@ fn a_url_password_is_hidden_even_when_the_url_does_not_parse() {
         assert_nowhere(tmp.path(), &out, fragment, "a run");
     }
     assert_eq!(server.requests_to("/there").len(), 1);
+    // A URL given where a manifest goes.
+    let out = run(fetch(tmp.path()).arg(format!("http://u:k3y9?z8qv@127.0.0.1:{port}/x")));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    for fragment in ["k3y9", "z8qv"] {
+        assert_nowhere(tmp.path(), &out, fragment, "a URL for a manifest");
+    }
     // A dry run prints its list on stdout, and the same errors.
     let out = run(fetch(tmp.path()).args(["--dry-run", "m.txt"]));
     assert_eq!(out.code, Some(1), "{out:?}");
