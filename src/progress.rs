@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
+use crate::redact;
 use crate::report::{Outcome, Status, Summary};
 
 /// Downloads at least this large get a bar of their own.
@@ -721,13 +722,13 @@ fn line(args: std::fmt::Arguments<'_>) {
 /// overrides and isolates, line and paragraph separators) become
 /// `\x1b` or `\u{202e}`. Printable text is unchanged, backslashes too.
 pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(unprintable) {
+    if !text.chars().any(redact::unprintable) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         match c as u32 {
-            _ if !unprintable(c) => out.push(c),
+            _ if !redact::unprintable(c) => out.push(c),
             code @ 0..=0xff => {
                 let _ = write!(out, "\\x{code:02x}");
             }
@@ -737,15 +738,6 @@ pub fn escape(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
-}
-
-fn unprintable(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
-        )
 }
 
 /// `1536` -> `1.5 KiB`.

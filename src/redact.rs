@@ -1,10 +1,12 @@
-//! Secrets never printed or reported (SPEC "Output"): URL passwords are
+//! What text may be shown. Secrets are never printed or reported (SPEC
+//! "Output"): URL passwords are
 //! replaced by `***`. Header values never reach output at all; the types
 //! that carry them ([`crate::cli::HeaderLine`], sensitive `HeaderValue`s)
 //! redact their own Debug output, and errors about them do not quote them.
 //!
 //! Every text shown as a URL goes through [`url`] or [`url_str`]; a URL
 //! that does not parse is redacted by its text, erring towards hiding more.
+//! [`unprintable`] says which characters the output escapes.
 
 use reqwest::Url;
 
@@ -57,6 +59,18 @@ pub fn url_str(text: &str) -> String {
 pub fn path(path: &std::path::Path) -> String {
     let text = path.display().to_string();
     if text.contains("://") { url_str(&text) } else { text }
+}
+
+/// Whether `c` must not reach a terminal or a log raw: control
+/// characters (C0, DEL, C1) and the Unicode controls that reorder or break
+/// text (bidi marks, overrides and isolates, line and paragraph separators).
+pub fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// A `serde_json` error message without the value it quotes: `invalid

@@ -172,7 +172,14 @@ fn a_url_password_is_hidden_even_when_the_url_does_not_parse() {
 /// terminal: from a URL (percent-decoded) and from a manifest path.
 fn hostile_names() -> (Server, tempfile::TempDir) {
     let server = Server::start();
-    for path in ["/a%0afailed%20%20%20%20%20%20forged", "/%1b[31mred", "/r%0dfailed", "/bidi%e2%80%aetxt"] {
+    let paths = [
+        "/a%0afailed%20%20%20%20%20%20forged",
+        "/%1b[31mred",
+        "/r%0dfailed",
+        "/bidi%e2%80%aetxt",
+        "/c1%c2%9b31m",
+    ];
+    for path in paths {
         server.route(path, Route::new("x"));
     }
     server.route("/gone", Route { statuses: [(404, None)].into(), ..Route::new("x") });
@@ -182,11 +189,12 @@ fn hostile_names() -> (Server, tempfile::TempDir) {
     server.route("/big%1b]0;title%07", slow);
     let tmp = tempfile::tempdir().unwrap();
     let manifest = format!(
-        "{}\n{}\n{}\n{}\n{}\n{{\"url\": \"{}\", \"path\": \"p\\u001b[2Jq\\nfailed      forged2\"}}\n",
+        "{}\n{}\n{}\n{}\n{}\n{}\n{{\"url\": \"{}\", \"path\": \"p\\u001b[2Jq\\nfailed      forged2\"}}\n",
         server.url("/a%0afailed%20%20%20%20%20%20forged"),
         server.url("/%1b[31mred"),
         server.url("/r%0dfailed"),
         server.url("/bidi%e2%80%aetxt"),
+        server.url("/c1%c2%9b31m"),
         server.url("/big%1b]0;title%07"),
         server.url("/gone"),
     );
@@ -197,22 +205,30 @@ fn hostile_names() -> (Server, tempfile::TempDir) {
 #[test]
 fn control_characters_in_names_are_escaped_in_every_line() {
     let (_server, tmp) = hostile_names();
-    let out = run(fetch(tmp.path()).args(["-v", "--retries", "0", "m.txt"]));
+    let out = run(fetch(tmp.path()).args(["-v", "--retries", "0", "--report", "r.jsonl", "m.txt"]));
     assert_eq!(out.code, Some(1), "{out:?}");
     // The files exist under their real names; only the display escapes.
     assert!(tmp.path().join("a\nfailed      forged").is_file());
-    for raw in ['\x1b', '\r', '\u{202e}'] {
+    let report = std::fs::read_to_string(tmp.path().join("r.jsonl")).unwrap();
+    assert_eq!(report.lines().count(), 7, "{report}");
+    for raw in ['\x1b', '\r', '\u{202e}', '\u{9b}'] {
         assert!(!out.stderr.contains(raw), "{raw:?} raw in stderr: {:?}", out.stderr);
+        assert!(!report.contains(raw), "{raw:?} raw in the report: {report:?}");
     }
+    assert!(report.contains(r#""path":"c1\u009b31m""#), "{report}");
     let prefixes = ["attempt     ", "split       ", "downloaded  ", "failed      ", "fetch: "];
     for line in out.stderr.lines() {
         assert!(prefixes.iter().any(|p| line.starts_with(p)), "a line fetch did not write: {line:?}");
     }
     let failed: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("failed")).collect();
     assert_eq!(failed, ["failed      p\\x1b[2Jq\\x0afailed      forged2: HTTP 404 Not Found"]);
-    for shown in
-        ["a\\x0afailed      forged  1 B", "\\x1b[31mred  1 B", "r\\x0dfailed  1 B", "bidi\\u{202e}txt"]
-    {
+    for shown in [
+        "a\\x0afailed      forged  1 B",
+        "\\x1b[31mred  1 B",
+        "r\\x0dfailed  1 B",
+        "bidi\\u{202e}txt",
+        "c1\\x9b31m",
+    ] {
         assert!(out.stderr.contains(&format!("downloaded  {shown}")), "{shown}: {}", out.stderr);
     }
 
@@ -220,9 +236,9 @@ fn control_characters_in_names_are_escaped_in_every_line() {
     let (_server, tmp) = hostile_names();
     let out = run(fetch(tmp.path()).args(["--dry-run", "m.txt"]));
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(out.stdout.lines().count(), 6, "{}", out.stdout);
+    assert_eq!(out.stdout.lines().count(), 7, "{}", out.stdout);
     assert!(out.stdout.lines().all(|l| l.starts_with("download  ")), "{}", out.stdout);
-    assert!(!out.stdout.contains(['\x1b', '\r', '\u{202e}']), "{:?}", out.stdout);
+    assert!(!out.stdout.contains(['\x1b', '\r', '\u{202e}', '\u{9b}']), "{:?}", out.stdout);
     let out = run(fetch(tmp.path()).args(["--progress", "bar", "--retries", "0", "m.txt"]));
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("big\\x1b]0;title\\x07  "), "a bar for big: {:?}", out.stderr);
