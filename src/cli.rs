@@ -113,7 +113,7 @@ pub struct Cli {
 
     /// User-Agent header sent with every request.
     #[arg(long, value_name = "STRING", default_value = concat!("fetch/", env!("CARGO_PKG_VERSION")),
-          help_heading = "Network")]
+          value_parser = user_agent, help_heading = "Network")]
     pub user_agent: String,
 
     /// Do not verify TLS certificates.
@@ -247,6 +247,14 @@ fn timeout(s: &str) -> Result<HumanDuration, String> {
         return Err("a timeout must be at least 1ms; zero would fail every request".to_owned());
     }
     Ok(duration)
+}
+
+/// `--user-agent`: a valid header value, or the HTTP client cannot be
+/// built ("builder error").
+fn user_agent(s: &str) -> Result<String, String> {
+    reqwest::header::HeaderValue::from_str(s)
+        .map(|_| s.to_owned())
+        .map_err(|_| "a User-Agent may not hold control characters such as a newline".to_owned())
 }
 
 /// One `-H` argument: a header line, or `@FILE` naming a file of header lines.
@@ -424,6 +432,12 @@ mod tests {
             let args: Vec<OsString> = args.iter().map(OsString::from).collect();
             assert_eq!(header_values(&args), want, "{args:?}");
         }
+    }
+
+    #[test]
+    fn user_agents_are_header_values() {
+        assert_eq!(user_agent("curl/8.0 (x)"), Ok("curl/8.0 (x)".to_owned()));
+        assert!(user_agent("a\nb").is_err());
     }
 
     #[test]

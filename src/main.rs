@@ -1,3 +1,4 @@
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -28,16 +29,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Print clap's error (or help) and exit, with every `-H` value taken out:
-/// clap quotes the arguments it objects to, and a header is a secret.
-fn usage_error(err: &clap::Error, args: &[std::ffi::OsString]) -> ! {
+/// Print clap's error (or help) and exit, with every `-H` value taken out
+/// (clap quotes the arguments it objects to, and a header is a secret) and
+/// control characters in arguments escaped. Such an error is printed
+/// without colors; any other as clap prints it.
+fn usage_error(err: &clap::Error, args: &[OsString]) -> ! {
     let secrets = header_values(args);
-    if secrets.is_empty() || !err.use_stderr() {
+    let unprintable: Vec<String> =
+        args.iter().map(|a| a.to_string_lossy().into_owned()).filter(|a| escape(a) != a.as_str()).collect();
+    if (secrets.is_empty() && unprintable.is_empty()) || !err.use_stderr() {
         err.exit();
     }
     let mut text = err.to_string();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         text = text.replace(secret.as_str(), "<header>");
+    }
+    for arg in &unprintable {
+        text = text.replace(arg.as_str(), &escape(arg));
     }
     eprint!("{text}");
     std::process::exit(err.exit_code());

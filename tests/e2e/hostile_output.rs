@@ -320,3 +320,21 @@ fn a_log_line_shows_the_transfer_time_not_the_wait_for_a_slot() {
     assert!(slow >= Duration::from_secs(2), "{}", out.stderr);
     assert!(fast < slow / 2, "{}", out.stderr);
 }
+
+#[test]
+fn control_characters_in_arguments_are_escaped_in_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [&[&str]; 3] = [
+        &["--user-agent", "ua\nfailed      forged", "m.txt"],
+        &["--bogus", "m\x1b[31m.txt"],
+        &["no-such\x1b[31m.txt"],
+    ];
+    for args in cases {
+        let out = run(fetch(tmp.path()).args(args));
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert!(!out.stderr.contains('\x1b'), "{args:?}: {:?}", out.stderr);
+        assert!(!out.stderr.lines().any(|l| l.starts_with("failed")), "{args:?}: {:?}", out.stderr);
+    }
+    let out = run(fetch(tmp.path()).args(["--user-agent", "ua\nx", "m.txt"]));
+    assert!(out.stderr.contains("'ua\\x0ax'"), "{}", out.stderr);
+}
