@@ -590,25 +590,23 @@ fn slot_template(width: usize, known_total: bool) -> (String, usize) {
     // Widest values: "1023.99 MiB", "1023.99 MiB/s".
     let bytes_width = if known_total { 24 } else { 12 };
     let rate = " {binary_bytes_per_sec:>11}";
-    // Indent 2; a bar takes " [" + MIN_BAR + "]".
-    let layouts = [(known_total, true), (known_total, false), (false, false)];
-    for (with_bar, with_rate) in layouts {
+    // Indent 2; a bar takes " [" + MIN_BAR + "]". The last layout is
+    // taken however narrow the terminal, with a name of at least 1.
+    let name_width = |with_bar: bool, with_rate: bool| {
         let fixed = 2 + bytes_width + if with_bar { MIN_BAR + 3 } else { 0 } + if with_rate { 14 } else { 0 };
-        let name = width.saturating_sub(fixed).min(24);
-        if name >= 12 || (!with_bar && !with_rate) {
-            let name = name.max(1);
-            let bar = if with_bar { " [{wide_bar:.green/white}]" } else { "" };
-            let rate = if with_rate { rate } else { "" };
-            return (format!("  {{prefix:{name}!}}{bar}{bytes}{rate}"), name);
-        }
-    }
-    unreachable!("the last layout always fits")
+        width.saturating_sub(fixed).min(24)
+    };
+    let (with_bar, with_rate) = [(known_total, true), (known_total, false)]
+        .into_iter()
+        .find(|&(with_bar, with_rate)| name_width(with_bar, with_rate) >= 12)
+        .unwrap_or((false, false));
+    let name = name_width(with_bar, with_rate).max(1);
+    let bar = if with_bar { " [{wide_bar:.green/white}]" } else { "" };
+    let rate = if with_rate { rate } else { "" };
+    (format!("  {{prefix:{name}!}}{bar}{bytes}{rate}"), name)
 }
 
-/// Time left for the run, from bytes: what the transfers under way have
-/// still to receive, plus, for the entries not started, as many bytes
-/// each as the started ones average. Counting files instead says `ETA 0s`
-/// for three files with 500 MiB to go.
+/// What the ETA is computed from, read from [`Counters`] once a tick.
 #[derive(Debug, Clone, Copy, Default)]
 struct Remaining {
     done: u64,
@@ -619,6 +617,11 @@ struct Remaining {
     rate: f64,
 }
 
+/// Time left for the run, from bytes: what the transfers under way have
+/// still to receive, plus, for the entries not started, as many bytes
+/// each as the started ones average. Counting files instead says `ETA 0s`
+/// for three files with 500 MiB to go. None while there is nothing to go
+/// by (no total, no rate, nothing started).
 fn eta(r: &Remaining) -> Option<Duration> {
     let started = r.done + r.transfers;
     let waiting = r.total?.saturating_sub(started);
