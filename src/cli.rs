@@ -2,7 +2,9 @@
 //! they parse into (durations, header lines). No I/O happens here; reading
 //! `-H @FILE` and checking `--dir` belong to [`crate::config`].
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -93,21 +95,27 @@ pub struct Cli {
     pub no_resume: bool,
 
     /// Time allowed to establish a connection.
-    #[arg(long, value_name = "DURATION", default_value = "10s", help_heading = "Network")]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = timeout,
+          help_heading = "Network")]
     pub connect_timeout: HumanDuration,
 
     /// A response that sends nothing for this long fails the attempt.
-    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Network")]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = timeout,
+          help_heading = "Network")]
     pub read_timeout: HumanDuration,
 
     /// Add a header to every request: 'Name: Value', or @FILE for one header per line.
+    // Raw, and validated by [`HeaderArg::parse`] in config: clap quotes a
+    // value its parser rejects, and a header value is a secret. Hyphen
+    // values are taken too, so that clap never reads a header as a flag.
     #[arg(short = 'H', long = "header", value_name = "HEADER", action = ArgAction::Append,
+          value_parser = clap::value_parser!(OsString), allow_hyphen_values = true,
           help_heading = "Network")]
-    pub headers: Vec<HeaderArg>,
+    pub headers: Vec<OsString>,
 
     /// User-Agent header sent with every request.
     #[arg(long, value_name = "STRING", default_value = concat!("fetch/", env!("CARGO_PKG_VERSION")),
-          help_heading = "Network")]
+          value_parser = user_agent, help_heading = "Network")]
     pub user_agent: String,
 
     /// Do not verify TLS certificates.
@@ -233,6 +241,24 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// `--connect-timeout` and `--read-timeout`: a duration of at least 1 ms.
+/// Zero would fail every request before it could start.
+fn timeout(s: &str) -> Result<HumanDuration, String> {
+    let duration: HumanDuration = s.parse()?;
+    if duration.0 < Duration::from_millis(1) {
+        return Err("a timeout must be at least 1ms; zero would fail every request".to_owned());
+    }
+    Ok(duration)
+}
+
+/// `--user-agent`: a valid header value, or the HTTP client cannot be
+/// built ("builder error").
+fn user_agent(s: &str) -> Result<String, String> {
+    reqwest::header::HeaderValue::from_str(s)
+        .map(|_| s.to_owned())
+        .map_err(|_| "a User-Agent may not hold control characters such as a newline".to_owned())
+}
+
 /// One `-H` argument: a header line, or `@FILE` naming a file of header lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderArg {
@@ -240,14 +266,17 @@ pub enum HeaderArg {
     File(PathBuf),
 }
 
-impl FromStr for HeaderArg {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.strip_prefix('@') {
-            Some("") => Err("-H @FILE needs a file name after '@'".to_owned()),
-            Some(path) => Ok(HeaderArg::File(PathBuf::from(path))),
-            None => s.parse().map(HeaderArg::Line),
+impl HeaderArg {
+    /// Parse one raw `-H` value. The error never quotes the value: a
+    /// header line is a secret until it is known to be well formed.
+    pub fn parse(raw: &OsStr) -> Result<HeaderArg, String> {
+        match raw.as_bytes().strip_prefix(b"@") {
+            Some(b"") => Err("-H @FILE needs a file name after '@'".to_owned()),
+            Some(path) => Ok(HeaderArg::File(PathBuf::from(OsStr::from_bytes(path)))),
+            None => match raw.to_str() {
+                Some(line) => line.parse().map(HeaderArg::Line),
+                None => Err("header is not valid UTF-8".to_owned()),
+            },
         }
     }
 }
@@ -269,28 +298,56 @@ impl fmt::Debug for HeaderLine {
 impl FromStr for HeaderLine {
     type Err = String;
 
+    /// Errors name the header only once its name is a valid one: whatever
+    /// precedes a `:` may be a pasted token (`Bearer abc:def`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let Some((name, value)) = s.split_once(':') else {
-            return Err(format!("header {:?} has no ':'; write it as 'Name: Value'", redact_header(s)));
+            return Err("header has no ':'; write it as 'Name: Value'".to_owned());
         };
         let name = name.trim();
         let value = value.trim();
         if name.is_empty() {
             return Err("header has an empty name; write it as 'Name: Value'".to_owned());
         }
-        reqwest::header::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name {name:?}"))?;
+        reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            "header name has characters not allowed in HTTP (or a space); write it as 'Name: Value'"
+                .to_owned()
+        })?;
         reqwest::header::HeaderValue::from_str(value)
             .map_err(|_| format!("header {name:?} has a value with characters not allowed in HTTP"))?;
         Ok(HeaderLine { name: name.to_owned(), value: value.to_owned() })
     }
 }
 
-/// What of a malformed header line may be shown: the part before any `:` or
-/// space, so that a pasted secret never reaches the terminal.
-fn redact_header(s: &str) -> String {
-    let name: String = s.chars().take_while(|c| *c != ':' && !c.is_whitespace()).collect();
-    if name.len() == s.len() { name } else { format!("{name}...") }
+/// The `-H` values on a raw command line, for taking out of an error that
+/// the argument parser renders: `-H V`, `-HV`, `--header V`,
+/// `--header=V`, and `-qH V` or `-qHV` in a cluster of short flags.
+pub fn header_values(args: &[OsString]) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut args = args.iter().map(|a| a.to_string_lossy());
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        let inline = if let Some(long) = arg.strip_prefix("--") {
+            match long.split_once('=') {
+                Some(("header", value)) => Some(value.to_owned()),
+                _ if long == "header" => None,
+                _ => continue,
+            }
+        } else if let Some(cluster) = arg.strip_prefix('-')
+            && let Some((_, value)) = cluster.split_once('H')
+        {
+            Some(value.to_owned()).filter(|v| !v.is_empty())
+        } else {
+            continue;
+        };
+        match inline {
+            Some(value) => values.push(value),
+            None => values.extend(args.next().map(|v| v.into_owned())),
+        }
+    }
+    values
 }
 
 #[cfg(test)]
@@ -347,14 +404,49 @@ mod tests {
         for bad in ["NoColon", ": value", "Bad Name: v", "X: a\u{7f}b"] {
             assert!(bad.parse::<HeaderLine>().is_err(), "{bad:?} should not parse");
         }
-        assert_eq!("@h.txt".parse::<HeaderArg>(), Ok(HeaderArg::File("h.txt".into())));
-        assert!("@".parse::<HeaderArg>().is_err());
+        assert_eq!(HeaderArg::parse("@h.txt".as_ref()), Ok(HeaderArg::File("h.txt".into())));
+        assert!(HeaderArg::parse("@".as_ref()).is_err());
     }
 
     #[test]
     fn malformed_header_does_not_echo_secret() {
-        let err = "Token supersecret".parse::<HeaderLine>().unwrap_err();
-        assert!(!err.contains("supersecret"), "{err}");
+        for bad in ["Token supersecret", "supersecret", "Bearer supersecret:x", "X: supersecret\u{1}"] {
+            let err = bad.parse::<HeaderLine>().unwrap_err();
+            assert!(!err.contains("supersecret"), "{err}");
+        }
+        let not_utf8 = OsStr::from_bytes(b"X: supersecret\xff");
+        assert!(!HeaderArg::parse(not_utf8).unwrap_err().contains("supersecret"));
         assert!(format!("{:?}", "A: secret".parse::<HeaderLine>().unwrap()).contains("<redacted>"));
+    }
+
+    #[test]
+    fn header_values_on_a_command_line() {
+        let cases: [(&[&str], &[&str]); 7] = [
+            (&["fetch", "-H", "A: 1", "m.txt"], &["A: 1"]),
+            (&["fetch", "-HA: 1"], &["A: 1"]),
+            (&["fetch", "--header", "A: 1", "--header=B: 2"], &["A: 1", "B: 2"]),
+            (&["fetch", "-qH", "A: 1", "-vHB: 2"], &["A: 1", "B: 2"]),
+            (&["fetch", "--headers", "x", "--dir", "H"], &[]),
+            (&["fetch", "-H"], &[]),
+            (&["fetch", "--", "-H", "A: 1"], &[]),
+        ];
+        for (args, want) in cases {
+            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+            assert_eq!(header_values(&args), want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn user_agents_are_header_values() {
+        assert_eq!(user_agent("curl/8.0 (x)"), Ok("curl/8.0 (x)".to_owned()));
+        assert!(user_agent("a\nb").is_err());
+    }
+
+    #[test]
+    fn timeouts_are_not_zero() {
+        assert_eq!(timeout("10s"), Ok(HumanDuration(Duration::from_secs(10))));
+        for zero in ["0", "0s", "0ms", "0.0001s"] {
+            assert!(timeout(zero).is_err(), "{zero}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! file, an unusable `--dir`, a terminal on stdin) is found here, before any
 //! request, and becomes exit status 2. Nothing downstream sees clap types.
 
-use std::io::{self, IsTerminal};
+use std::ffi::OsString;
+use std::io::{self, IsTerminal, Read};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,8 +49,14 @@ pub enum ConfigError {
         "no manifest given and standard input is a terminal\n\nUsage: fetch [OPTIONS] [MANIFEST]...\n       generate-manifest | fetch [OPTIONS]\n\nFor more information, try '--help'."
     )]
     StdinIsTerminal,
-    #[error("cannot read manifest {}: {source}", path.display())]
+    #[error("cannot read manifest {}: {source}", crate::redact::path(path))]
     Manifest { path: PathBuf, source: io::Error },
+    #[error("-H #{number}: {reason}")]
+    Header { number: usize, reason: String },
+    #[error("more than {MAX_HEADERS} headers given with -H")]
+    TooManyHeaders,
+    #[error("the -H headers add up to more than {} KiB", MAX_HEADER_BYTES / 1024)]
+    HeadersTooLarge,
     #[error("cannot read header file {}: {source}", path.display())]
     HeaderFile { path: PathBuf, source: io::Error },
     #[error("{}:{line}: {reason}", path.display())]
@@ -165,14 +172,37 @@ fn open_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigError> {
         .collect()
 }
 
-fn read_headers(args: &[HeaderArg]) -> Result<HeaderMap, ConfigError> {
+/// At most this many `-H` headers in all, files included. Beyond it,
+/// `HeaderMap` panics (at 24,576), and servers refuse far fewer (Apache
+/// takes 100 fields by default).
+pub const MAX_HEADERS: usize = 1000;
+/// At most this many bytes of `-H` names and values in all: nginx and
+/// Apache refuse a request whose header lines pass 8 KiB to 32 KiB.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// A header file may be this large, comments included: `-H @/dev/zero`
+/// must not read forever.
+const MAX_HEADER_FILE: u64 = 1024 * 1024;
+
+/// The `-H` headers, every value marked sensitive. No error quotes a
+/// header: it names the `-H` by its position, or the file and line.
+fn read_headers(args: &[OsString]) -> Result<HeaderMap, ConfigError> {
     let mut lines = Vec::new();
-    for arg in args {
+    for (i, raw) in args.iter().enumerate() {
+        let arg = HeaderArg::parse(raw).map_err(|reason| ConfigError::Header { number: i + 1, reason })?;
         match arg {
-            HeaderArg::Line(line) => lines.push(line.clone()),
+            HeaderArg::Line(line) => lines.push(line),
             HeaderArg::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::HeaderFile { path: path.clone(), source })?;
+                let file_error = |source| ConfigError::HeaderFile { path: path.clone(), source };
+                let mut text = String::new();
+                std::fs::File::open(&path)
+                    .and_then(|file| file.take(MAX_HEADER_FILE + 1).read_to_string(&mut text))
+                    .map_err(file_error)?;
+                if text.len() as u64 > MAX_HEADER_FILE {
+                    return Err(file_error(io::Error::other(format!(
+                        "larger than {} KiB",
+                        MAX_HEADER_FILE / 1024
+                    ))));
+                }
                 for (i, line) in text.lines().enumerate() {
                     let line = line.trim();
                     if line.is_empty() || line.starts_with('#') {
@@ -185,6 +215,12 @@ fn read_headers(args: &[HeaderArg]) -> Result<HeaderMap, ConfigError> {
                 }
             }
         }
+        if lines.len() > MAX_HEADERS {
+            return Err(ConfigError::TooManyHeaders);
+        }
+    }
+    if lines.iter().map(|l| l.name.len() + l.value.len()).sum::<usize>() > MAX_HEADER_BYTES {
+        return Err(ConfigError::HeadersTooLarge);
     }
     let mut map = HeaderMap::new();
     for line in lines {

@@ -97,6 +97,7 @@ impl Outcome {
             attempts: 0,
             http_status: None,
             elapsed: Default::default(),
+            transfer: None,
             resumed_from: 0,
         }
     }
@@ -114,6 +115,7 @@ impl Outcome {
             attempts: 0,
             http_status: None,
             elapsed: Default::default(),
+            transfer: None,
             resumed_from: 0,
         }
     }
@@ -223,6 +225,7 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
     let mut target =
         Target { clients: &ctx.clients, url: &entry.url, headers: &headers, size: entry.size, split };
     let progress = Arc::new(ctx.reporter.transfer(dest, &host));
+    let transfer_started = Instant::now();
     let mut schedule = ctx.retry.schedule();
     let mut failures = 0u32;
     let mut high_water = state.offset;
@@ -337,6 +340,7 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
             }
         }
     }
+    outcome.transfer = Some(transfer_started.elapsed());
     let pending =
         ctx.committer.submit(partial, dest.clone(), ctx.overwrite).await.map_err(DownloadError::Commit)?;
     drop(slot);

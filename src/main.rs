@@ -1,22 +1,52 @@
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use fetch::cli::{Cli, Command};
-use fetch::config::Config;
+use fetch::cli::{Cli, Command, header_values};
+use fetch::config::{Config, ConfigError};
+use fetch::progress::escape;
 use fetch::report::{EXIT_OK, EXIT_USAGE};
 use fetch::transfer::ErrorChain;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<_> = std::env::args_os().collect();
+    let cli = Cli::try_parse_from(&args).unwrap_or_else(|err| usage_error(&err, &args));
     if let Some(Command::Completions { shell }) = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "fetch", &mut std::io::stdout());
         return ExitCode::from(EXIT_OK);
     }
     match Config::from_cli(cli).map_err(fetch::Error::from).and_then(fetch::run) {
         Ok(summary) => ExitCode::from(summary.exit_code()),
+        // Its lines are ours alone.
+        Err(err @ fetch::Error::Config(ConfigError::StdinIsTerminal)) => {
+            eprintln!("fetch: {err}");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(err) => {
-            eprintln!("fetch: {}", ErrorChain(&err));
+            eprintln!("fetch: {}", escape(&ErrorChain(&err).to_string()));
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// Print clap's error (or help) and exit, with every `-H` value taken out
+/// (clap quotes the arguments it objects to, and a header is a secret) and
+/// control characters in arguments escaped. Such an error is printed
+/// without colors; any other as clap prints it.
+fn usage_error(err: &clap::Error, args: &[OsString]) -> ! {
+    let secrets = header_values(args);
+    let unprintable: Vec<String> =
+        args.iter().map(|a| a.to_string_lossy().into_owned()).filter(|a| escape(a) != a.as_str()).collect();
+    if (secrets.is_empty() && unprintable.is_empty()) || !err.use_stderr() {
+        err.exit();
+    }
+    let mut text = err.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret.as_str(), "<header>");
+    }
+    for arg in &unprintable {
+        text = text.replace(arg.as_str(), &escape(arg));
+    }
+    eprint!("{text}");
+    std::process::exit(err.exit_code());
 }

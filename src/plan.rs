@@ -30,7 +30,8 @@ pub fn run(config: Config, reporter: &Reporter) -> Summary {
     for item in std::iter::from_fn(|| rx.blocking_recv()).flatten() {
         let written = match item {
             Item::Entry(entry) => {
-                let dest = entry.dest.display();
+                let dest = entry.dest.display().to_string();
+                let dest = crate::progress::escape(&dest);
                 if !config.overwrite && std::fs::symlink_metadata(&entry.dest).is_ok() {
                     summary.skipped += 1;
                     writeln!(out, "skip      {dest}  (exists)")

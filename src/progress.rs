@@ -12,12 +12,18 @@
 //!   thousands of bars); failures and `-v` lines print above the bars.
 //! - `none`: neither; failures and the summary still print.
 //!
+//! Every line and bar label goes through [`escape`] on its way out: names
+//! come from URLs and manifests, and a raw newline, carriage return or
+//! escape sequence in one would forge log lines or drive the terminal.
+//!
 //! The hot path stays cheap at tens of thousands of files per second: bytes
 //! and files are counted in atomics, a ticker thread redraws the overall bar
 //! ten times a second, and only downloads of at least [`LARGE`] bytes (or of
 //! unknown size) get a bar of their own.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
+use crate::redact;
 use crate::report::{Outcome, Status, Summary};
 
 /// Downloads at least this large get a bar of their own.
@@ -72,6 +79,11 @@ struct Counters {
     failed: AtomicU64,
     bytes: AtomicU64,
     total_files: AtomicU64,
+    /// Transfers under way ([`TransferProgress`] handles alive).
+    transfers: AtomicU64,
+    /// Bytes the transfers under way have still to receive, of those whose
+    /// length is known (kept with bars only, for the ETA).
+    outstanding: AtomicU64,
 }
 
 /// What one host's transfers under way have received, for the split rule:
@@ -144,6 +156,7 @@ impl Reporter {
     pub fn transfer(&self, dest: &Path, host: &str) -> TransferProgress {
         let host = self.hosts.lock().expect("hosts").traffic(host);
         host.transfers.fetch_add(1, Ordering::Relaxed);
+        self.counters.transfers.fetch_add(1, Ordering::Relaxed);
         TransferProgress {
             verbose: self.verbosity >= Verbosity::Verbose,
             dest: dest.display().to_string(),
@@ -151,6 +164,7 @@ impl Reporter {
             host,
             bars: self.bars.clone(),
             bar: OnceLock::new(),
+            outstanding: AtomicU64::new(0),
         }
     }
 
@@ -192,10 +206,12 @@ impl Reporter {
                     0 => String::new(),
                     n => format!(", resumed at {}", human_bytes(n)),
                 };
+                // The transfer's own time: not the wait for a slot, nor for
+                // the commit of a batch that other files are in.
                 self.line(format_args!(
                     "downloaded  {path}  {} in {}{resumed}",
                     human_bytes(outcome.bytes),
-                    human_duration(outcome.elapsed)
+                    human_duration(outcome.transfer.unwrap_or(outcome.elapsed))
                 ));
             }
             Status::Skipped => {
@@ -245,6 +261,8 @@ pub struct TransferProgress {
     bars: Option<Arc<Bars>>,
     /// A slot bar, claimed when a large response starts.
     bar: OnceLock<Option<ProgressBar>>,
+    /// This transfer's part of [`Counters::outstanding`].
+    outstanding: AtomicU64,
 }
 
 impl TransferProgress {
@@ -259,12 +277,18 @@ impl TransferProgress {
             self.print(&text);
         }
         let Some(bars) = &self.bars else { return };
+        // Added before it is recorded, so that advance() never takes from
+        // the sum what was not yet added to it.
+        let outstanding = total.map_or(0, |t| t.saturating_sub(offset));
+        self.counters.outstanding.fetch_add(outstanding, Ordering::Relaxed);
+        let before = self.outstanding.swap(outstanding, Ordering::Relaxed);
+        self.counters.outstanding.fetch_sub(before, Ordering::Relaxed);
         if total.is_some_and(|t| t < LARGE) {
             return;
         }
-        let bar = self.bar.get_or_init(|| bars.claim(&self.dest));
+        let bar = self.bar.get_or_init(|| bars.claim(&self.dest, total));
         if let Some(bar) = bar {
-            bars.style_slot(bar, total);
+            bars.style_slot(bar, &self.dest, total);
             bar.set_position(offset);
         }
     }
@@ -278,6 +302,13 @@ impl TransferProgress {
     pub fn advance(&self, bytes: u64) {
         self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.host.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if self.bars.is_some() {
+            let before = self
+                .outstanding
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(bytes)))
+                .unwrap_or_default();
+            self.counters.outstanding.fetch_sub(before.min(bytes), Ordering::Relaxed);
+        }
         if let Some(Some(bar)) = self.bar.get() {
             bar.inc(bytes);
         }
@@ -319,6 +350,8 @@ impl TransferProgress {
 impl Drop for TransferProgress {
     fn drop(&mut self) {
         self.host.transfers.fetch_sub(1, Ordering::Relaxed);
+        self.counters.transfers.fetch_sub(1, Ordering::Relaxed);
+        self.counters.outstanding.fetch_sub(self.outstanding.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         if let (Some(bars), Some(Some(bar))) = (&self.bars, self.bar.take()) {
             bars.release(bar);
         }
@@ -328,6 +361,8 @@ impl Drop for TransferProgress {
 /// The bar display: an overall bar and a pool of slot bars.
 #[derive(Debug)]
 struct Bars {
+    /// The stand-in terminal of `--progress bar` off a terminal.
+    forced: Option<AnsiStderr>,
     multi: MultiProgress,
     overall: ProgressBar,
     /// Slot bars not in use, kept for reuse.
@@ -345,8 +380,11 @@ impl Bars {
             ProgressDrawTarget::stderr_with_hz(10)
         };
         let multi = MultiProgress::with_draw_target(target);
-        let overall = multi.add(ProgressBar::no_length());
+        let forced = forced.then(AnsiStderr::new);
+        // Styled before it is added, which draws it.
+        let overall = multi.add(ProgressBar::no_length().with_style(overall_style(false)));
         let bars = Arc::new(Bars {
+            forced,
             multi,
             overall,
             free: Mutex::new(Vec::new()),
@@ -354,7 +392,6 @@ impl Bars {
             stop: AtomicBool::new(false),
             ticker: Mutex::new(None),
         });
-        bars.style_overall(false);
         let ticker = {
             let bars = bars.clone();
             std::thread::Builder::new()
@@ -367,14 +404,17 @@ impl Bars {
     }
 
     fn tick(&self, counters: &Counters) {
+        let started = Instant::now();
         let mut known = false;
         let mut last = (Instant::now(), 0u64);
         let mut rate = 0.0f64;
         while !self.stop.load(Ordering::Relaxed) {
             // Parked rather than asleep, so that stop() need not wait out a tick.
             std::thread::park_timeout(Duration::from_millis(100));
-            let total = counters.total_files.load(Ordering::Relaxed);
-            if total != UNKNOWN && !known {
+            let total = Some(counters.total_files.load(Ordering::Relaxed)).filter(|&t| t != UNKNOWN);
+            if let Some(total) = total
+                && !known
+            {
                 known = true;
                 self.style_overall(true);
                 self.overall.set_length(total);
@@ -388,35 +428,47 @@ impl Bars {
                 rate = if rate == 0.0 { instant } else { rate * 0.8 + instant * 0.2 };
             }
             last = (now, bytes);
-            self.overall.set_position(counters.files_done.load(Ordering::Relaxed));
-            let failed = counters.failed.load(Ordering::Relaxed);
-            let failed = if failed > 0 { format!(" {failed} failed") } else { String::new() };
-            self.overall.set_message(format!(
-                "{} {}/s{failed}",
-                human_bytes(bytes),
-                human_bytes(rate as u64)
-            ));
+            let done = counters.files_done.load(Ordering::Relaxed);
+            let overall = Overall {
+                elapsed: started.elapsed(),
+                done,
+                total,
+                failed: counters.failed.load(Ordering::Relaxed),
+                bytes,
+                rate,
+                eta: eta(&Remaining {
+                    done,
+                    total,
+                    transfers: counters.transfers.load(Ordering::Relaxed),
+                    bytes,
+                    outstanding: counters.outstanding.load(Ordering::Relaxed),
+                    rate,
+                }),
+            };
+            let (before, after) = overall_text(&overall, self.width(), known);
+            self.overall.set_position(done);
+            self.overall.set_prefix(before);
+            self.overall.set_message(after);
         }
     }
 
-    fn style_overall(&self, known_total: bool) {
-        let template = if known_total {
-            "{elapsed_precise} [{wide_bar:.cyan/blue}] {pos}/{len} files {msg} ETA {eta}"
-        } else {
-            "{elapsed_precise} {spinner} {pos} files {msg}"
+    /// The terminal's width now (it may be resized during a run).
+    fn width(&self) -> usize {
+        let width = match &self.forced {
+            Some(term) => term.width,
+            None => console::Term::stderr().size_checked().map_or(80, |(_, cols)| cols),
         };
-        self.overall
-            .set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+        width.into()
     }
 
-    fn style_slot(&self, bar: &ProgressBar, total: Option<u64>) {
-        let template = match total {
-            Some(_) => {
-                "  {prefix:24!} [{wide_bar:.green/white}] {binary_bytes:>9}/{binary_total_bytes:<9} {binary_bytes_per_sec:>11}"
-            }
-            None => "  {prefix:24!} {binary_bytes:>9} {binary_bytes_per_sec:>11}",
-        };
-        bar.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    fn style_overall(&self, known_total: bool) {
+        self.overall.set_style(overall_style(known_total));
+    }
+
+    fn style_slot(&self, bar: &ProgressBar, name: &str, total: Option<u64>) {
+        let (template, name_width) = slot_template(self.width(), total.is_some());
+        bar.set_prefix(short_name(&escape(name), name_width));
+        bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
         match total {
             Some(total) => bar.set_length(total),
             None => bar.unset_length(),
@@ -424,7 +476,7 @@ impl Bars {
     }
 
     /// A slot bar for `name`, if fewer than [`SLOT_BARS`] are shown.
-    fn claim(&self, name: &str) -> Option<ProgressBar> {
+    fn claim(&self, name: &str, total: Option<u64>) -> Option<ProgressBar> {
         if self.in_use.fetch_add(1, Ordering::AcqRel) >= SLOT_BARS as u64 {
             self.in_use.fetch_sub(1, Ordering::AcqRel);
             return None;
@@ -432,10 +484,10 @@ impl Bars {
         // Hidden until it joins the multi display: a bar with its own stderr
         // target would draw over the others' lines.
         let bar = self.free.lock().expect("free bars").pop().unwrap_or_else(ProgressBar::hidden);
-        let bar = self.multi.add(bar);
         bar.reset();
-        bar.set_prefix(short_name(name, 24));
-        Some(bar)
+        // Styled before it is added, which draws it.
+        self.style_slot(&bar, name, total);
+        Some(self.multi.add(bar))
     }
 
     fn release(&self, bar: ProgressBar) {
@@ -448,7 +500,7 @@ impl Bars {
         if self.multi.is_hidden() {
             line(format_args!("{text}"));
         } else {
-            let _ = self.multi.println(text);
+            let _ = self.multi.println(escape(text));
         }
     }
 
@@ -460,6 +512,143 @@ impl Bars {
         }
         self.overall.finish_and_clear();
         let _ = self.multi.clear();
+    }
+}
+
+/// A bar is never narrower than this.
+const MIN_BAR: usize = 10;
+
+/// The overall bar's figures, gathered once a tick.
+#[derive(Debug, Clone, Copy, Default)]
+struct Overall {
+    elapsed: Duration,
+    done: u64,
+    total: Option<u64>,
+    failed: u64,
+    bytes: u64,
+    /// Bytes per second.
+    rate: f64,
+    eta: Option<Duration>,
+}
+
+/// The overall bar's text, `(before the bar, after it)`, within `width`
+/// columns and leaving [`MIN_BAR`] for the bar (when the total is known
+/// and a bar is drawn; else a spinner). The figures a user needs most are
+/// kept as the width shrinks: files, then the ETA, bytes, failures, rate
+/// and elapsed time.
+fn overall_text(o: &Overall, width: usize, bar: bool) -> (String, String) {
+    let files = match o.total {
+        Some(total) if bar => format!("{}/{total} files", o.done),
+        _ => format!("{} files", o.done),
+    };
+    let optional = [
+        o.eta.filter(|_| bar).map(|eta| format!(" ETA {}", eta_text(eta))),
+        Some(format!(" {}", human_bytes(o.bytes))),
+        (o.failed > 0).then(|| format!(" {} failed", o.failed)),
+        Some(format!(" {}/s", human_bytes(o.rate as u64))),
+    ];
+    let elapsed = {
+        let s = o.elapsed.as_secs();
+        format!("{:02}:{:02}:{:02} ", s / 3600, s / 60 % 60, s % 60)
+    };
+    // "[" and "] " around a bar; a spinner and a space.
+    let room = width.saturating_sub(if bar { MIN_BAR + 3 } else { 2 });
+    let mut used = files.len();
+    let mut keep = [false; 4];
+    for (i, part) in optional.iter().enumerate() {
+        if let Some(part) = part
+            && used + part.len() <= room
+        {
+            used += part.len();
+            keep[i] = true;
+        }
+    }
+    let before = if used + elapsed.len() <= room { elapsed } else { String::new() };
+    // Shown in reading order: files, bytes, rate, failures, ETA.
+    let mut after = files;
+    for i in [1, 3, 2, 0] {
+        if keep[i] {
+            after.push_str(optional[i].as_deref().unwrap_or_default());
+        }
+    }
+    (before, after)
+}
+
+/// The overall bar's style; the text around the bar is fitted to the
+/// width by [`overall_text`].
+fn overall_style(known_total: bool) -> ProgressStyle {
+    let template =
+        if known_total { "{prefix}[{wide_bar:.cyan/blue}] {msg}" } else { "{prefix}{spinner} {msg}" };
+    ProgressStyle::with_template(template).expect("valid template").progress_chars("=> ")
+}
+
+/// A slot bar's template for `width` columns, and the width of its name.
+/// The name gets up to 24 columns; as the width shrinks, the rate goes,
+/// then the bar, then the name shortens.
+fn slot_template(width: usize, known_total: bool) -> (String, usize) {
+    let bytes = if known_total { " {binary_bytes:>9}/{binary_total_bytes:<9}" } else { " {binary_bytes:>9}" };
+    // Widest values: "1023.99 MiB", "1023.99 MiB/s".
+    let bytes_width = if known_total { 24 } else { 12 };
+    let rate = " {binary_bytes_per_sec:>11}";
+    // Indent 2; a bar takes " [" + MIN_BAR + "]". The last layout is
+    // taken however narrow the terminal, with a name of at least 1.
+    let name_width = |with_bar: bool, with_rate: bool| {
+        let fixed = 2 + bytes_width + if with_bar { MIN_BAR + 3 } else { 0 } + if with_rate { 14 } else { 0 };
+        width.saturating_sub(fixed).min(24)
+    };
+    let (with_bar, with_rate) = [(known_total, true), (known_total, false)]
+        .into_iter()
+        .find(|&(with_bar, with_rate)| name_width(with_bar, with_rate) >= 12)
+        .unwrap_or((false, false));
+    let name = name_width(with_bar, with_rate).max(1);
+    let bar = if with_bar { " [{wide_bar:.green/white}]" } else { "" };
+    let rate = if with_rate { rate } else { "" };
+    (format!("  {{prefix:{name}!}}{bar}{bytes}{rate}"), name)
+}
+
+/// What the ETA is computed from, read from [`Counters`] once a tick.
+#[derive(Debug, Clone, Copy, Default)]
+struct Remaining {
+    done: u64,
+    total: Option<u64>,
+    transfers: u64,
+    bytes: u64,
+    outstanding: u64,
+    rate: f64,
+}
+
+/// Time left for the run, from bytes: what the transfers under way have
+/// still to receive, plus, for the entries not started, as many bytes
+/// each as the started ones average. Counting files instead says `ETA 0s`
+/// for three files with 500 MiB to go. None while there is nothing to go
+/// by (no total, no rate, nothing started).
+fn eta(r: &Remaining) -> Option<Duration> {
+    let started = r.done + r.transfers;
+    let waiting = r.total?.saturating_sub(started);
+    let mut left = r.outstanding as f64;
+    if waiting > 0 {
+        if started == 0 {
+            return None;
+        }
+        left += waiting as f64 * (r.bytes + r.outstanding) as f64 / started as f64;
+    }
+    if left == 0.0 {
+        return Some(Duration::ZERO);
+    }
+    if r.rate < 1.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(left / r.rate).ok()
+}
+
+/// `42s`, `2m05s`, `3h20m`: whole seconds, rounded up (`0s` is done), as
+/// an ETA is no more precise.
+fn eta_text(eta: Duration) -> String {
+    let s = eta.as_secs() + u64::from(eta.subsec_nanos() > 0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
     }
 }
 
@@ -522,9 +711,36 @@ impl TermLike for AnsiStderr {
 }
 
 fn line(args: std::fmt::Arguments<'_>) {
+    let text = match args.as_str() {
+        Some(text) => Cow::Borrowed(text),
+        None => Cow::Owned(args.to_string()),
+    };
     let mut err = std::io::stderr().lock();
     // Nowhere left to report a failure to write to stderr.
-    let _ = writeln!(err, "{args}");
+    let _ = writeln!(err, "{}", escape(&text));
+}
+
+/// `text` made safe to print as one line: control characters (C0, DEL,
+/// C1) and the Unicode controls that reorder or break text (bidi
+/// overrides and isolates, line and paragraph separators) become
+/// `\x1b` or `\u{202e}`. Printable text is unchanged, backslashes too.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(redact::unprintable) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c as u32 {
+            _ if !redact::unprintable(c) => out.push(c),
+            code @ 0..=0xff => {
+                let _ = write!(out, "\\x{code:02x}");
+            }
+            code => {
+                let _ = write!(out, "\\u{{{code:x}}}");
+            }
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// `1536` -> `1.5 KiB`.
@@ -581,6 +797,177 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(120)), "120ms");
         assert_eq!(human_duration(Duration::from_millis(2500)), "2.5s");
         assert_eq!(human_duration(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let cases = [
+            ("plain/name ü.txt", "plain/name ü.txt"),
+            ("a\nfailed      x", "a\\x0afailed      x"),
+            ("\x1b[31mred\r", "\\x1b[31mred\\x0d"),
+            ("tab\tdel\x7f c1\u{9b}", "tab\\x09del\\x7f c1\\x9b"),
+            ("bidi\u{202e}txt.exe\u{2069}", "bidi\\u{202e}txt.exe\\u{2069}"),
+            ("back\\slash", "back\\slash"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(escape(input), want, "{input:?}");
+        }
+        assert!(matches!(escape("clean"), Cow::Borrowed(_)));
+    }
+
+    /// What a bar draws, as lines without escape codes.
+    #[derive(Debug, Clone, Default)]
+    struct Screen {
+        width: u16,
+        text: Arc<Mutex<String>>,
+    }
+
+    impl TermLike for Screen {
+        fn width(&self) -> u16 {
+            self.width
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.text.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            self.write_str("\n")
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The widest line `draw` makes a bar draw on a screen `width` wide.
+    fn drawn_width(width: u16, draw: impl FnOnce(&ProgressBar)) -> usize {
+        let screen = Screen { width, ..Screen::default() };
+        let bar =
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        draw(&bar);
+        bar.tick();
+        let text = screen.text.lock().unwrap().clone();
+        assert!(!text.trim().is_empty(), "nothing drawn at {width}");
+        text.lines().map(console::measure_text_width).max().unwrap_or(0)
+    }
+
+    #[test]
+    fn slot_bars_fit_the_terminal() {
+        for width in 30..=160u16 {
+            for known in [true, false] {
+                let (template, name_width) = slot_template(width.into(), known);
+                let name = short_name("a/long/directory/name/for/the/file-0001.bin", name_width);
+                let drawn = drawn_width(width, |bar| {
+                    bar.set_style(ProgressStyle::with_template(&template).unwrap());
+                    bar.set_prefix(name);
+                    if known {
+                        bar.set_length(1_073_731_000);
+                    }
+                    bar.set_position(1_073_731_000);
+                });
+                assert!(drawn <= width.into(), "{drawn} columns at {width} ({known}): {template}");
+            }
+        }
+        // The fixed template this replaced wrapped at 60 columns.
+        let fixed = "  {prefix:24!} [{wide_bar}] {binary_bytes:>9}/{binary_total_bytes:<9} {binary_bytes_per_sec:>11}";
+        let drawn = drawn_width(60, |bar| {
+            bar.set_style(ProgressStyle::with_template(fixed).unwrap());
+            bar.set_length(1_073_731_000);
+        });
+        assert!(drawn > 60, "the check sees a line too wide: {drawn}");
+        assert!(slot_template(60, true).0.contains("wide_bar"), "a bar at 60 columns");
+        assert!(slot_template(100, true).0.contains("bytes_per_sec"), "a rate at 100 columns");
+    }
+
+    #[test]
+    fn the_overall_bar_fits_the_terminal() {
+        let busy = Overall {
+            elapsed: Duration::from_secs(3 * 3600),
+            done: 1_999_999,
+            total: Some(2_000_000),
+            failed: 123_456,
+            bytes: 1023 << 30,
+            rate: 1023.0 * (1 << 20) as f64,
+            eta: Some(Duration::from_secs(59 * 60)),
+        };
+        for width in 30..=160u16 {
+            for known in [true, false] {
+                let (before, after) = overall_text(&busy, width.into(), known);
+                let template = if known { "{prefix}[{wide_bar}] {msg}" } else { "{prefix}{spinner} {msg}" };
+                let drawn = drawn_width(width, |bar| {
+                    bar.set_style(ProgressStyle::with_template(template).unwrap());
+                    bar.set_length(2_000_000);
+                    bar.set_prefix(before);
+                    bar.set_message(after);
+                });
+                assert!(drawn <= width.into(), "{drawn} columns at {width} ({known})");
+            }
+        }
+        let (before, after) = overall_text(&busy, 60, true);
+        assert_eq!((before.as_str(), after.as_str()), ("", "1999999/2000000 files 1023.0 GiB ETA 59m00s"));
+        let (before, after) = overall_text(&busy, 120, true);
+        assert_eq!(before, "03:00:00 ");
+        assert_eq!(after, "1999999/2000000 files 1023.0 GiB 1023.0 MiB/s 123456 failed ETA 59m00s");
+    }
+
+    #[test]
+    fn the_eta_counts_bytes() {
+        let mib = 1 << 20;
+        let cases = [
+            // Three files under way with 500 MiB to go at 10 MiB/s.
+            (
+                Remaining {
+                    total: Some(3),
+                    transfers: 3,
+                    outstanding: 500 * mib,
+                    rate: 10.0 * mib as f64,
+                    ..Remaining::default()
+                },
+                Some(50),
+            ),
+            // One of four done (10 MiB), one under way with 10 MiB to go:
+            // two more of 10 MiB each are expected.
+            (
+                Remaining {
+                    done: 1,
+                    total: Some(4),
+                    transfers: 1,
+                    bytes: 10 * mib,
+                    outstanding: 10 * mib,
+                    rate: mib as f64,
+                },
+                Some(30),
+            ),
+            // Nothing started yet: no average to go by.
+            (Remaining { total: Some(4), rate: 1.0, ..Remaining::default() }, None),
+            // No rate yet.
+            (Remaining { total: Some(1), transfers: 1, outstanding: mib, ..Remaining::default() }, None),
+            // All done.
+            (Remaining { done: 2, total: Some(2), bytes: mib, ..Remaining::default() }, Some(0)),
+            // Unknown total: no ETA.
+            (Remaining { done: 2, transfers: 1, outstanding: mib, rate: 1.0, ..Remaining::default() }, None),
+        ];
+        for (remaining, want) in cases {
+            assert_eq!(eta(&remaining).map(|d| d.as_secs()), want, "{remaining:?}");
+        }
+        assert_eq!(eta_text(Duration::from_secs(42)), "42s");
+        assert_eq!(eta_text(Duration::from_millis(300)), "1s");
+        assert_eq!(eta_text(Duration::from_secs(125)), "2m05s");
+        assert_eq!(eta_text(Duration::from_secs(3 * 3600 + 20 * 60)), "3h20m");
     }
 
     #[test]

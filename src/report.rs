@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::ser::Formatter;
 
 use crate::download::DownloadError;
+use crate::redact;
 
 /// Every entry was downloaded or skipped.
 pub const EXIT_OK: u8 = 0;
@@ -67,6 +69,9 @@ pub struct Outcome {
     pub attempts: u32,
     pub http_status: Option<u16>,
     pub elapsed: Duration,
+    /// From the first request to the last byte, retries included: the
+    /// time the log shows, without the waits for a slot or a commit.
+    pub transfer: Option<Duration>,
     /// Where this run continued a partial file left by an earlier run.
     pub resumed_from: u64,
 }
@@ -125,6 +130,24 @@ struct Record<'a> {
     resumed_from: u64,
 }
 
+/// JSON with the characters [`redact::unprintable`] finds written as
+/// `\uXXXX`: serde_json escapes C0 only, and a report is read with `cat`
+/// and `grep` too, where DEL, C1 (`U+009B` is CSI) or a bidi override
+/// would act. All of them are in the Basic Multilingual Plane.
+struct Escaping;
+
+impl Formatter for Escaping {
+    fn write_string_fragment<W: ?Sized + Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
+        let mut shown = 0;
+        for (i, c) in fragment.char_indices().filter(|&(_, c)| redact::unprintable(c)) {
+            writer.write_all(&fragment.as_bytes()[shown..i])?;
+            write!(writer, "\\u{:04x}", c as u32)?;
+            shown = i + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[shown..])
+    }
+}
+
 /// The `--report` writer. Every record carries the run's id (a UUIDv7,
 /// which sorts by time) so many cron runs can append to one file.
 #[derive(Debug)]
@@ -162,8 +185,24 @@ impl Report {
             elapsed_ms: outcome.elapsed.as_millis(),
             resumed_from: outcome.resumed_from,
         };
-        serde_json::to_writer(&mut self.out, &record).map_err(io::Error::other)?;
+        let mut json = serde_json::Serializer::with_formatter(&mut self.out, Escaping);
+        record.serialize(&mut json).map_err(io::Error::other)?;
         self.out.write_all(b"\n")?;
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_escapes_what_a_terminal_would_act_on() {
+        let mut out = Vec::new();
+        let text = "a\u{9b}31m \u{202e}txt \x7f \x1b[2J \n é ü 😀";
+        text.serialize(&mut serde_json::Serializer::with_formatter(&mut out, Escaping)).unwrap();
+        let json = String::from_utf8(out).unwrap();
+        assert_eq!(json, r#""a\u009b31m \u202etxt \u007f \u001b[2J \n é ü 😀""#);
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), text);
     }
 }

@@ -3,6 +3,7 @@
 
 mod confine;
 mod core;
+mod hostile_output;
 mod network;
 mod output;
 mod resilience;
