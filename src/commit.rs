@@ -10,7 +10,7 @@
 //! 1. files that never left a download's buffer are written, each into a
 //!    file with no name ([`Complete::stage`]), off the runtime's threads:
 //!    by the committer for the tiniest, by a stage thread ahead of it for
-//!    the rest ([`STAGE_APART`]);
+//!    the rest (`STAGE_APART`);
 //! 2. one barrier, `syncfs(2)` on each filesystem involved, makes the data of
 //!    the whole batch durable, and with it the moves of the batch before;
 //! 3. the entries of the batch before are answered;
@@ -193,7 +193,7 @@ impl Committer {
     /// file that outgrew its buffer happens here, on the download's thread;
     /// a file still in its buffer is written by the committer, so that the
     /// runtime's threads stay free for the network. Waits while finished
-    /// files fill [`BUFFERED_KIB`].
+    /// files fill `BUFFERED_KIB`.
     pub async fn submit(&self, partial: Partial, dest: PathBuf, overwrite: bool) -> io::Result<Pending> {
         let file = partial.finish()?;
         let (room, queue) = match &file {

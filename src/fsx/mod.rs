@@ -27,7 +27,7 @@
 //!   one that appeared while we downloaded or that was not looked for
 //!   ([`crate::dest::Rules::may_exist`]) (`RENAME_NOREPLACE`).
 //!
-//! [`partial`] owns a download's file while it is written, [`place`] the
+//! `partial` owns a download's file while it is written, `place` the
 //! finished file until it is at its destination.
 //!
 //! Every file is reached through a handle on its directory ([`Dir`], from
@@ -98,7 +98,7 @@ pub struct Meta {
 }
 
 /// The part and meta paths for a destination, for messages; the files
-/// themselves are reached by the names in [`Names::of`].
+/// themselves are reached by the names in `Names::of`.
 pub fn part_paths(dest: &Path) -> (PathBuf, PathBuf) {
     let names = Names::of(dest);
     (dest.with_file_name(&names.part), dest.with_file_name(&names.meta))

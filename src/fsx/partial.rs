@@ -198,7 +198,7 @@ impl Partial {
     }
 
     /// The stored meta, if there is one that parses: a regular file,
-    /// reached without a symlink, of at most [`META_MAX`] bytes.
+    /// reached without a symlink, of at most `META_MAX` bytes.
     pub fn meta(&self) -> Option<Meta> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let file = File::from(rustix::fs::openat(&self.dir, &self.names.meta, flags, Mode::empty()).ok()?);
