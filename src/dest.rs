@@ -51,8 +51,14 @@ pub enum DestError {
     NoNameInUrl,
     #[error("file name taken from the URL, {0:?}, contains '/'; give a destination path")]
     SlashInUrlName(String),
-    #[error("destination path {0:?} is this run's {1}; refusing to write over it")]
+    #[error(
+        "destination path {0:?} is this run's {1}, or its partial file would be; refusing to write over it"
+    )]
     Protected(String, &'static str),
+    #[error("destination path {0:?} ends in {1:?}, which fetch keeps for its partial files")]
+    Reserved(String, &'static str),
+    #[error("destination path {0:?} has a name longer than 255 bytes")]
+    NameTooLong(String),
 }
 
 /// Where destinations go and what they may be.
@@ -131,7 +137,7 @@ impl Rules {
     /// No destination may be one of `files` (the report, the manifests),
     /// each given with what it is.
     pub fn protecting(mut self, files: &[(PathBuf, &'static str)]) -> Self {
-        self.protected = files.iter().filter_map(|(path, what)| Protected::of(path, what)).collect();
+        self.protected = files.iter().flat_map(|(path, what)| Protected::of(path, what)).collect();
         self
     }
 
@@ -164,6 +170,7 @@ impl Rules {
         {
             return Err(DestError::NotAFile(path.to_owned()));
         }
+        check_names(path)?;
         let given = Path::new(path);
         if given.is_absolute() {
             if !self.allow_escape {
@@ -345,17 +352,31 @@ impl Rules {
     /// report or a manifest, whatever spelling names it: same name, same
     /// directory. Costs nothing for a name none of them has.
     pub fn check_protected(&self, dest: &Path) -> Result<(), DestError> {
-        let Some(name) = dest.file_name() else { return Ok(()) };
-        if !self.protected.iter().any(|p| p.name == name) {
+        // The destination and the files beside it that fetch writes.
+        let (part, meta) = crate::fsx::part_paths(dest);
+        let mut tmp = meta.clone().into_os_string();
+        tmp.push(".tmp");
+        let names = [dest.file_name(), part.file_name(), meta.file_name(), Some(tmp.as_os_str())];
+        let named = |p: &Protected| names.iter().flatten().any(|&name| p.name == name);
+        if !self.protected.iter().any(named) {
             return Ok(());
         }
-        // A directory that cannot be opened holds none of them; the
-        // entry's own preparation reports why.
-        let Ok((handle, _)) = self.open_parent(dest.parent().unwrap_or(Path::new(""))) else { return Ok(()) };
-        let Ok(dir) = rustix::fs::fstat(&*handle) else { return Ok(()) };
-        match self.protected.iter().find(|p| p.name == name && p.dir == (dir.st_dev, dir.st_ino)) {
+        // A directory that does not exist holds none of them.
+        let Some(handle) = self.find_parent(dest.parent().unwrap_or(Path::new(""))) else { return Ok(()) };
+        let Ok(dir) = rustix::fs::fstat(&handle) else { return Ok(()) };
+        match self.protected.iter().find(|p| named(p) && p.dir == (dir.st_dev, dir.st_ino)) {
             Some(p) => Err(DestError::Protected(dest.display().to_string(), p.what)),
             None => Ok(()),
+        }
+    }
+
+    /// `parent`, opened as [`Rules::prepare_parent`] would, if it exists;
+    /// nothing is created.
+    fn find_parent(&self, parent: &Path) -> Option<OwnedFd> {
+        match (&self.root, self.beneath(parent)) {
+            (Some(root), Some(rel)) if rel.as_os_str().is_empty() => rustix::io::dup(&**root).ok(),
+            (Some(root), Some(rel)) => open_dir_beneath(root, rel).ok(),
+            _ => open_dir(parent).ok(),
         }
     }
 
@@ -507,15 +528,43 @@ pub enum PrepareError {
 }
 
 impl Protected {
-    fn of(path: &Path, what: &'static str) -> Option<Protected> {
-        let name = path.file_name()?.to_owned();
-        let dir = std::fs::metadata(match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
+    /// `path` as given and, where it is a symlink, the file it leads to
+    /// (which need not exist yet: the report is created later).
+    fn of(path: &Path, what: &'static str) -> impl Iterator<Item = Protected> {
+        let mut real = path.to_owned();
+        for _ in 0..40 {
+            let Ok(target) = std::fs::read_link(&real) else { break };
+            real = real.parent().unwrap_or(Path::new("")).join(target);
+        }
+        let real = (real != path).then_some(real);
+        [Some(path.to_owned()), real].into_iter().flatten().filter_map(move |path| {
+            let name = path.file_name()?.to_owned();
+            let dir = std::fs::metadata(match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            })
+            .ok()?;
+            Some(Protected { name, dir: (dir.dev(), dir.ino()), what })
         })
-        .ok()?;
-        Some(Protected { name, dir: (dir.dev(), dir.ino()), what })
     }
+}
+
+/// Longest file name Linux filesystems take (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// What no destination may be named, whatever the directory: a name
+/// ending as a partial file's does (one entry would write another's part
+/// file), or longer than any filesystem takes (the download would fail
+/// only at its commit).
+fn check_names(path: &str) -> Result<(), DestError> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if let Some(suffix) = crate::fsx::RESERVED_SUFFIXES.iter().find(|s| name.ends_with(*s)) {
+        return Err(DestError::Reserved(path.to_owned(), suffix));
+    }
+    if path.split('/').any(|part| part.len() > NAME_MAX) {
+        return Err(DestError::NameTooLong(path.to_owned()));
+    }
+    Ok(())
 }
 
 /// Open the directory at `path`, following symlinks: `--dir` itself, and
@@ -533,7 +582,8 @@ fn open_dir_beneath(dir: &OwnedFd, rel: &Path) -> rustix::io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(dir, rel, flags, Mode::empty(), resolve) {
-        Err(Errno::NOSYS) => {}
+        // No openat2 (before Linux 5.6), or a seccomp filter that refuses it.
+        Err(Errno::NOSYS | Errno::PERM) => {}
         other => return other,
     }
     let mut handle: Option<OwnedFd> = None;

@@ -40,13 +40,12 @@
 //! unlinked rather than written through.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::AtFlags;
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 mod partial;
@@ -59,6 +58,9 @@ pub use place::{Complete, Staged};
 /// from by name.
 pub type Dir = Arc<OwnedFd>;
 
+/// The endings of the files fetch keeps beside a destination; no
+/// destination may end so ([`crate::dest`]).
+pub const RESERVED_SUFFIXES: [&str; 3] = [PART_SUFFIX, META_SUFFIX, META_TMP_SUFFIX];
 const PART_SUFFIX: &str = ".fetch-part";
 const META_SUFFIX: &str = ".fetch-part.meta";
 /// A new meta is written here and renamed over the old one.
@@ -164,10 +166,13 @@ pub fn sync_dir(dir: &impl AsFd) -> io::Result<()> {
 }
 
 /// Make a rename in `path`'s directory durable, for a directory known by
-/// path only (the ones the run made, [`crate::dest::MadeDirs`]): opened to
-/// be synced, never written.
+/// path only (the ones the run made, [`crate::dest::MadeDirs`]): opened
+/// read-only to be synced, never written, and only if it is a directory
+/// (`O_DIRECTORY` refuses a FIFO or a device swapped in before it is
+/// opened, so nothing can hang or wake a device here).
 pub fn sync_parent(path: &Path) -> io::Result<()> {
-    File::open(dir_of(path))?.sync_all()
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    sync_dir(&rustix::fs::open(dir_of(path), flags, Mode::empty())?)
 }
 
 /// The directory `path` is in (`.` for a bare name).
@@ -207,7 +212,7 @@ fn remove_if_exists(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
+    use std::fs::{self, File};
 
     fn open(dest: &Path) -> io::Result<Opened> {
         let dir = File::open(dest.parent().unwrap()).unwrap();

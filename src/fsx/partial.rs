@@ -10,6 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use super::place::{Complete, PartFile, Staged};
 use super::{
@@ -64,8 +65,8 @@ enum Lock {
 }
 
 /// Open `name` in `dir` for reading and writing, never through a symlink:
-/// created new, or an existing regular file with one link. Anything else
-/// under the name is unlinked and reported as `NotFound`.
+/// created new, or an existing file of ours ([`ours`]). Anything else under
+/// the name is unlinked and reported as `NotFound`.
 fn open_part(dir: &OwnedFd, name: &OsStr, create: bool) -> io::Result<File> {
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     if create {
@@ -77,26 +78,39 @@ fn open_part(dir: &OwnedFd, name: &OsStr, create: bool) -> io::Result<File> {
     match rustix::fs::openat(dir, name, flags | OFlags::NONBLOCK, Mode::empty()) {
         Ok(fd) => {
             let file = File::from(fd);
-            let stat = rustix::fs::fstat(&file)?;
-            if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile && stat.st_nlink == 1 {
+            if ours(&file)? {
                 return Ok(file);
             }
-            // A hard link to another file, or not a file at all.
             unlink_foreign(dir, name)
         }
-        Err(rustix::io::Errno::LOOP) => unlink_foreign(dir, name),
+        // A symlink, a socket, a device without a driver.
+        Err(Errno::LOOP | Errno::NXIO | Errno::NODEV | Errno::TXTBSY) => unlink_foreign(dir, name),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether an open file under one of our names is ours to use: a regular
+/// file with one link (no hard link to a file elsewhere) that belongs to
+/// this process's user (not one another user planted to be written, or
+/// to keep a handle on).
+pub(super) fn ours(file: &File) -> io::Result<bool> {
+    let stat = rustix::fs::fstat(file)?;
+    Ok(FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+        && stat.st_nlink == 1
+        && stat.st_uid == rustix::process::geteuid().as_raw())
 }
 
 /// Remove what stands under one of our names but is not ours to write
 /// through (the entry, not what it points to), then report it as absent.
 fn unlink_foreign(dir: &OwnedFd, name: &OsStr) -> io::Result<File> {
     match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) | Err(rustix::io::Errno::NOENT) => Err(io::ErrorKind::NotFound.into()),
+        Ok(()) | Err(Errno::NOENT) => Err(io::ErrorKind::NotFound.into()),
         Err(e) => Err(io::Error::new(
             io::Error::from(e).kind(),
-            format!("{} is not a regular file and cannot be removed: {e}", name.to_string_lossy()),
+            format!(
+                "{} is in the way, not a file of ours, and cannot be removed: {e}",
+                name.to_string_lossy()
+            ),
         )),
     }
 }
@@ -126,7 +140,7 @@ fn lock_part(dir: &OwnedFd, name: &OsStr, create: bool) -> io::Result<Lock> {
             Ok(now) if now.st_ino == ours.ino() && now.st_dev == ours.dev() => {
                 return Ok(Lock::Held { file, created, len: ours.len(), dev: ours.dev() });
             }
-            Ok(_) | Err(rustix::io::Errno::NOENT) => continue,
+            Ok(_) | Err(Errno::NOENT) => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -197,13 +211,12 @@ impl Partial {
         self.len == 0
     }
 
-    /// The stored meta, if there is one that parses: a regular file,
-    /// reached without a symlink, of at most `META_MAX` bytes.
+    /// The stored meta, if there is one that parses: a file of ours
+    /// ([`ours`]), reached without a symlink, of at most `META_MAX` bytes.
     pub fn meta(&self) -> Option<Meta> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let file = File::from(rustix::fs::openat(&self.dir, &self.names.meta, flags, Mode::empty()).ok()?);
-        let stat = rustix::fs::fstat(&file).ok()?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        if !ours(&file).ok()? {
             return None;
         }
         let mut text = Vec::new();

@@ -2,7 +2,7 @@
 //! (an unnamed one where it never had a part file), synced, and moved into
 //! place without replacing what is there unless asked to.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -126,19 +126,42 @@ impl Staged {
         };
         // The meta goes first, so that it never outlives its part file.
         remove_meta(&dir, &names, meta_on_disk)?;
-        let result = if overwrite {
-            rustix::fs::renameat(&dir, &names.part, &dir, &names.dest)
-                .map(|()| Committed::Renamed)
-                .map_err(io::Error::from)
-        } else {
-            rename_no_replace(&dir, &names.part, &names.dest)
+        // The file itself is linked into place, from its descriptor, so
+        // that what another process put under the part's name meanwhile
+        // cannot take its place; to replace a file, it is linked under a
+        // fresh name that is then renamed over the destination. Then the
+        // part's name goes. Without hard links, the part is moved by name.
+        let no_links =
+            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK));
+        let result = match overwrite {
+            false => match link_unnamed(&file, &dir, &names.dest) {
+                Err(e) if no_links(&e) => rename_no_replace(&dir, &names.part, &names.dest),
+                linked => linked,
+            },
+            true => (|| {
+                let fresh = format!("{}.{}", names.part.to_string_lossy(), uuid::Uuid::now_v7().simple());
+                let from = match link_unnamed(&file, &dir, fresh.as_ref()) {
+                    Err(e) if no_links(&e) => names.part.clone(),
+                    linked => linked.map(|_| OsString::from(fresh))?,
+                };
+                let renamed = rustix::fs::renameat(&dir, &from, &dir, &names.dest);
+                if renamed.is_err() && from != names.part {
+                    let _ = remove_if_exists(&dir, &from);
+                }
+                renamed.map(|()| Committed::Renamed).map_err(io::Error::from)
+            })(),
         };
-        let cleanup = match &result {
-            Ok(Committed::Renamed) => Ok(()),
-            Ok(Committed::DestinationExists) | Err(_) => remove_if_exists(&dir, &names.part),
-        };
-        let outcome = result?;
+        // Whatever happened, nothing of ours is left under the part's name.
+        let cleanup = remove_if_exists(&dir, &names.part);
+        // A file whose last name is gone cannot be linked again (ENOENT).
+        let outcome = result.map_err(|e| match file.metadata() {
+            Ok(stat) if stat.nlink() == 0 => replaced(&names.dest),
+            _ => e,
+        })?;
         cleanup?;
+        if outcome == Committed::Renamed {
+            check_placed(&file, &dir, &names.dest)?;
+        }
         Ok((outcome, file))
     }
 
@@ -188,6 +211,26 @@ fn link_unnamed(file: &File, dir: &OwnedFd, name: &OsStr) -> io::Result<Committe
         }
         other => other,
     }
+}
+
+/// After a move by name: the destination must be the file we wrote and
+/// verified, or another process swapped the part file before the move.
+fn check_placed(file: &File, dir: &OwnedFd, dest: &OsStr) -> io::Result<()> {
+    let ours = file.metadata()?;
+    match rustix::fs::statat(dir, dest, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(placed) if placed.st_ino == ours.ino() && placed.st_dev == ours.dev() => Ok(()),
+        // Moved on again since: not ours to judge.
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Ok(_) => Err(replaced(dest)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn replaced(dest: &OsStr) -> io::Error {
+    io::Error::other(format!(
+        "another process replaced the part file just before it was moved into place: {} is not this download",
+        dest.to_string_lossy()
+    ))
 }
 
 /// Move `part` to `dest` in `dir` unless `dest` exists: `renameat2` with

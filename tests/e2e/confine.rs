@@ -21,6 +21,7 @@ enum Plant {
     Dangling,
     HardLink,
     Fifo,
+    Socket,
 }
 
 fn plant(kind: Plant, at: &Path, victim: &Path) {
@@ -32,6 +33,8 @@ fn plant(kind: Plant, at: &Path, victim: &Path) {
             let ok = std::process::Command::new("mkfifo").arg(at).status().unwrap().success();
             assert!(ok, "mkfifo {}", at.display());
         }
+        // Left bound, with nobody listening: its name stays.
+        Plant::Socket => std::mem::forget(std::os::unix::net::UnixListener::bind(at).unwrap()),
     }
 }
 
@@ -44,7 +47,7 @@ fn nothing_planted_beside_a_destination_is_written_through() {
     let server = Server::start();
     let small = server.file("/small", 1, 4096);
     let large = server.file("/large", 2, 300 * 1024);
-    let kinds = [Plant::Symlink, Plant::Dangling, Plant::HardLink, Plant::Fifo];
+    let kinds = [Plant::Symlink, Plant::Dangling, Plant::HardLink, Plant::Fifo, Plant::Socket];
     let suffixes = [".fetch-part", ".fetch-part.meta", ".fetch-part.meta.tmp"];
     for flags in [&[][..], &["--overwrite"], &["-P"]] {
         let tmp = tempfile::tempdir().unwrap();
@@ -271,4 +274,180 @@ fn the_cleanup_of_a_swapped_directory_removes_nothing_outside() {
     let output = super::finish(child);
     assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(outside.path().join("b").is_dir(), "removed a directory outside --dir");
+}
+
+/// The run's own files named other ways: the report's real file behind
+/// the symlink the command line gives, a manifest that is an entry's meta
+/// file, a report that is an entry's part file. Each entry is refused and
+/// the files keep their text.
+#[test]
+fn the_report_and_manifests_are_protected_whatever_names_them() {
+    let server = Server::start();
+    server.file("/f", 6, 300 * 1024);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("out")).unwrap();
+    let url = server.url("/f");
+    symlink("real-r.jsonl", tmp.path().join("link.jsonl")).unwrap();
+    let meta_manifest = format!("{url} m2-entry\n");
+    write(tmp.path(), "m2.fetch-part.meta", &meta_manifest);
+    let manifest = format!("{url} ../real-r.jsonl\n{url} ../m2\n{url} ok.bin\n");
+    write(tmp.path(), "m.txt", &manifest);
+    let args = ["--dir", "out", "-P", "--overwrite", "--report", "link.jsonl", "m.txt", "m2.fetch-part.meta"];
+    let out = run(fetch(tmp.path()).args(args));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    for line in ["m.txt:1: ", "m.txt:2: "] {
+        assert!(out.stderr.contains(line), "{line}: {}", out.stderr);
+    }
+    assert_eq!(std::fs::read_to_string(tmp.path().join("m.txt")).unwrap(), manifest);
+    assert_eq!(std::fs::read_to_string(tmp.path().join("m2.fetch-part.meta")).unwrap(), meta_manifest);
+    let report = std::fs::read_to_string(tmp.path().join("real-r.jsonl")).unwrap();
+    assert_eq!(report.lines().count(), 4, "{report}");
+
+    // The report as an entry's part file.
+    let out = run(fetch(tmp.path())
+        .args(["--report", "rp.fetch-part", "--overwrite"])
+        .arg("-")
+        .write_stdin(format!("{url} rp\n")));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("<stdin>:1: "), "{}", out.stderr);
+    assert!(std::fs::read_to_string(tmp.path().join("rp.fetch-part")).unwrap().starts_with('{'));
+    assert!(!tmp.path().join("rp").exists());
+}
+
+/// A destination named like a partial file is an invalid line: one entry
+/// could otherwise write, or remove, another's part or meta file. So is a
+/// name longer than any filesystem takes, before anything is downloaded.
+#[test]
+fn destinations_named_like_partial_files_or_too_long_are_invalid() {
+    let server = Server::start();
+    server.file("/f", 8, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let url = server.url("/f");
+    let long = "n".repeat(256);
+    let manifest = format!(
+        "{url} a.fetch-part\n{url} b.fetch-part.meta\n{url} c.fetch-part.meta.tmp\n{url} {long}\n{url} a\n"
+    );
+    write(tmp.path(), "m.txt", &manifest);
+    let out = run(fetch(tmp.path()).arg("m.txt"));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    for line in 1..=4 {
+        assert!(out.stderr.contains(&format!("m.txt:{line}: ")), "line {line}: {}", out.stderr);
+    }
+    assert_eq!(server.log().len(), 1, "only the valid line made a request");
+    assert_eq!(files(tmp.path()), ["a", "m.txt"]);
+}
+
+/// Looking whether a destination is the report creates nothing: a failed
+/// entry in a new directory, named like the report, leaves no directory.
+#[test]
+fn the_protection_check_creates_no_directory() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} newdir/deep/rep.json\n", server.url("/missing")));
+    let out = run(fetch(tmp.path()).args(["--dir", "out", "--report", "rep.json", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(!tmp.path().join("out/newdir").exists());
+}
+
+/// Another process replaces the part file (by rename) while its download
+/// stalls near the end: the other file is never placed as this download,
+/// and the entry fails saying why (without --overwrite the file is linked
+/// from its descriptor, and a file with no name left cannot be; with it,
+/// the move is by name and the swap is caught after it).
+#[test]
+fn a_part_file_swapped_before_the_commit_is_never_placed() {
+    for overwrite in [false, true] {
+        let server = Server::start();
+        let size = 600 * 1024;
+        let body = super::content(9, size);
+        let stalls = VecDeque::from([(size - 1024, Duration::from_secs(3))]);
+        server.route("/slow", Route { stalls, ..Route::new(body.clone()) });
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "m.txt", &format!("{} f\n", server.url("/slow")));
+        let mut cmd = super::fetch_std(tmp.path());
+        cmd.arg("m.txt").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        if overwrite {
+            cmd.arg("--overwrite");
+        }
+        let child = cmd.spawn().unwrap();
+        let part = tmp.path().join("f.fetch-part");
+        assert!(wait_until(Duration::from_secs(30), || server.body_bytes() >= size - 1024 && part.exists()));
+        write(tmp.path(), "evil", "EVIL");
+        std::fs::rename(tmp.path().join("evil"), &part).unwrap();
+        let output = super::finish(child);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let placed = std::fs::read(tmp.path().join("f")).unwrap_or_default();
+        assert!(placed != b"EVIL", "{overwrite}: the swapped file was placed as verified");
+        assert_eq!(output.status.code(), Some(1), "{overwrite}: {stderr}");
+        assert!(stderr.contains("replaced the part file"), "{overwrite}: {stderr}");
+    }
+}
+
+/// A part file and meta that another user planted (here: owned by
+/// nobody) are not adopted, resumed or written: the download starts over
+/// in a file of this user's own.
+#[test]
+fn a_part_file_of_another_user_is_not_adopted() {
+    if !rustix_is_root() {
+        eprintln!("skipped: planting another user's file needs root");
+        return;
+    }
+    let server = Server::start();
+    let body = server.file("/f", 10, 300 * 1024);
+    let tmp = tempfile::tempdir().unwrap();
+    let part = tmp.path().join("f.fetch-part");
+    std::fs::write(&part, vec![b'J'; 1000]).unwrap();
+    let meta =
+        format!("{{\"url\":\"{}\",\"etag\":{:?}}}\n", server.url("/f"), server.requests_to("/f").len());
+    let _ = meta;
+    let route_etag = super::server::Route::new(body.clone()).etag.unwrap();
+    let meta = format!("{{\"url\":\"{}\",\"etag\":{}}}\n", server.url("/f"), serde_json_string(&route_etag));
+    std::fs::write(tmp.path().join("f.fetch-part.meta"), meta).unwrap();
+    for name in ["f.fetch-part", "f.fetch-part.meta"] {
+        std::os::unix::fs::chown(tmp.path().join(name), Some(65534), Some(65534)).unwrap();
+    }
+    write(tmp.path(), "m.txt", &format!("{} f\n", server.url("/f")));
+    let out = run(fetch(tmp.path()).arg("m.txt"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("f")).unwrap() == body, "resumed another user's bytes");
+    assert_eq!(std::fs::metadata(tmp.path().join("f")).unwrap().uid(), 0);
+    assert!(server.requests_to("/f").iter().all(|r| r.range().is_none()), "asked to resume");
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
+fn serde_json_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The parent of a directory the run made is swapped for a symlink to a
+/// FIFO while the entry downloads: syncing the new directory into its
+/// parent must not open the FIFO (and hang the run for good).
+#[test]
+fn a_fifo_swapped_in_above_a_made_directory_does_not_hang_the_run() {
+    let server = Server::start();
+    let stalls = VecDeque::from([(2048, Duration::from_secs(3))]);
+    server.route("/slow", Route { stalls, ..Route::new(super::content(11, 4096)) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} a/b/f\n", server.url("/slow")));
+    let child = super::fetch_std(tmp.path())
+        .args(["--dir", "out", "m.txt"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || server.body_bytes() >= 2048), "never stalled");
+    std::fs::rename(tmp.path().join("out/a"), tmp.path().join("out/a.moved")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo").arg(tmp.path().join("out/fifo")).status().unwrap().success()
+    );
+    symlink("fifo", tmp.path().join("out/a")).unwrap();
+    let output = super::finish(child);
+    assert!(output.status.code().is_some(), "hung on the FIFO and was killed");
 }
