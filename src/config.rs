@@ -50,6 +50,10 @@ pub enum ConfigError {
     StdinIsTerminal,
     #[error("cannot read manifest {}: {source}", path.display())]
     Manifest { path: PathBuf, source: io::Error },
+    #[error(
+        "{0} is a URL, not a manifest file; to download one URL, give it as a manifest line: echo URL | fetch"
+    )]
+    UrlAsManifest(String),
     #[error("cannot read header file {}: {source}", path.display())]
     HeaderFile { path: PathBuf, source: io::Error },
     #[error("{}:{line}: {reason}", path.display())]
@@ -142,7 +146,16 @@ fn open_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigError> {
                 }
                 return Ok(Source::stdin());
             }
-            Source::open(path).map_err(|source| ConfigError::Manifest { path: path.clone(), source })
+            Source::open(path).map_err(|source| {
+                let text = path.to_string_lossy();
+                let lower = text.get(..8).unwrap_or(&text).to_ascii_lowercase();
+                if source.kind() == io::ErrorKind::NotFound
+                    && ["http://", "https://"].iter().any(|s| lower.starts_with(s))
+                {
+                    return ConfigError::UrlAsManifest(crate::redact::url_str(&text));
+                }
+                ConfigError::Manifest { path: path.clone(), source }
+            })
         })
         .collect()
 }

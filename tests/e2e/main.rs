@@ -2,6 +2,7 @@
 //! inside this process (see `server.rs`). Every wait is bounded.
 
 mod core;
+mod manifest;
 mod output;
 mod resilience;
 mod server;
