@@ -4,9 +4,8 @@
 //!
 //! One line per entry: `download  PATH  URL` or `skip      PATH  (exists)`;
 //! invalid lines and destinations refused by the symlink check go to
-//! standard error as in a real run. Entries of one run that share a
-//! destination are not detected here: that would need memory that grows
-//! with the manifest.
+//! standard error as in a real run, including a destination given again
+//! with another URL (the manifest reader's bounded check).
 
 use std::io::{self, Write};
 
