@@ -147,10 +147,12 @@ fn open_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigError> {
                 return Ok(Source::stdin());
             }
             Source::open(path).map_err(|source| {
+                // `fetch https://host/file`: no such file, and a scheme (RFC 3986 3.1).
                 let text = path.to_string_lossy();
-                let lower = text.get(..8).unwrap_or(&text).to_ascii_lowercase();
+                let scheme = text.split_once("://").map_or("", |(scheme, _)| scheme);
                 if source.kind() == io::ErrorKind::NotFound
-                    && ["http://", "https://"].iter().any(|s| lower.starts_with(s))
+                    && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
                 {
                     return ConfigError::UrlAsManifest(crate::redact::url_str(&text));
                 }

@@ -175,7 +175,7 @@ fn a_leading_byte_order_mark_is_ignored_in_files_and_stdin() {
 #[test]
 fn a_url_given_as_the_manifest_says_how_to_download_it() {
     let tmp = tempfile::tempdir().unwrap();
-    for url in ["https://example.invalid/file.iso", "HTTP://user:hunter2@example.invalid/x"] {
+    for url in ["https://example.invalid/file.iso", "HTTP://user:hunter2@example.invalid/x", "ftp://h/f"] {
         let out = run(fetch(tmp.path()).arg(url));
         assert_eq!(out.code, Some(2), "{out:?}");
         assert!(out.stderr.contains("is a URL, not a manifest"), "{}", out.stderr);
