@@ -14,7 +14,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -179,13 +179,37 @@ impl Read for Recount {
 }
 
 /// How lines become items: destination rules and the shard filter.
+/// Clones share the [`Tally`] of the count ahead.
 #[derive(Debug, Clone)]
 pub struct Reader {
     pub rules: Rules,
     pub shard: Option<Shard>,
+    tally: Arc<Tally>,
+}
+
+/// The count ahead, per source, for the reader to check its own against
+/// when it is done: a regular file rewritten or appended to while it is
+/// read would otherwise end the run as if every line had been seen.
+#[derive(Debug, Default)]
+struct Tally {
+    count: Mutex<Count>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+enum Count {
+    #[default]
+    NotAsked,
+    Pending,
+    Done(Vec<(Arc<str>, u64)>),
+    Failed,
 }
 
 impl Reader {
+    pub fn new(rules: Rules, shard: Option<Shard>) -> Self {
+        Reader { rules, shard, tally: Arc::default() }
+    }
+
     /// Read every source in order on the calling (blocking) thread, sending
     /// items in batches until the receiver goes away. A batch goes out when
     /// it is full or when the next line is not read yet, so that a slow
@@ -195,37 +219,83 @@ impl Reader {
     /// (blank, comment, another shard's); a source that cannot be read to
     /// its end, or a reader that fails, ends with [`Item::ReadFailed`], so a
     /// run never mistakes a lost tail for the end of the manifest.
+    /// A source whose count ahead (see [`Reader::spawn_count`]) differs
+    /// from what was read ends with `ReadFailed` too.
     pub fn read_all(&self, sources: Vec<Source>, tx: &mpsc::Sender<Vec<Item>>) {
-        let mut batch = Batcher { tx, items: Vec::with_capacity(BATCH) };
+        let mut batch = Batcher { tx, items: Vec::with_capacity(BATCH), sent: 0 };
         let mut seen = Seen::new();
+        let mut tally = Some(Vec::with_capacity(sources.len()));
         for source in sources {
             let name = source.name.clone();
+            let before = batch.sent;
             let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.read_source(&name, source.reader, &mut batch, Some(&mut seen))
             }));
             let error = match read {
-                Ok(Ok(true)) => continue,
+                Ok(Ok(true)) => {
+                    if let Some(tally) = &mut tally {
+                        tally.push((name, batch.sent - before));
+                    }
+                    continue;
+                }
                 Ok(Ok(false)) => return,
                 Ok(Err(error)) => error,
                 // The panic message is already on stderr.
                 Err(_) => io::Error::other("the manifest reader failed"),
             };
+            // Already a failure of the run: no count to compare.
+            tally = None;
             if !batch.item(Item::ReadFailed { source: name, error }) {
                 return;
             }
         }
-        batch.flush();
+        if !batch.flush() {
+            return;
+        }
+        if let Some((source, counted, read)) = tally.and_then(|tally| self.tally.disagreement(&tally)) {
+            let error = io::Error::other(format!(
+                "it changed while being read: {counted} entries counted ahead, {read} read"
+            ));
+            batch.item(Item::ReadFailed { source, error });
+            batch.flush();
+        }
     }
 
-    /// How many items (entries and invalid lines, in this shard) the
-    /// regular files hold: the total for the progress display.
-    pub fn count(&self, sources: Vec<Recount>) -> io::Result<u64> {
-        let mut total = Counter(0);
+    /// Count, on a thread of its own, the items (entries and invalid lines,
+    /// in this shard) that regular files hold, and give the total to
+    /// `total`: the progress display's. The reader compares its own tally
+    /// with this count when done, and waits for it if need be.
+    pub fn spawn_count(&self, sources: Vec<Recount>, total: impl FnOnce(u64) + Send + 'static) {
+        *self.tally.count.lock().unwrap_or_else(PoisonError::into_inner) = Count::Pending;
+        let reader = self.clone();
+        let spawned = std::thread::Builder::new().name("manifest count".into()).spawn(move || {
+            let counted = reader.count(sources);
+            let sum = counted.as_ref().ok().map(|counts| counts.iter().map(|(_, n)| n).sum());
+            *reader.tally.count.lock().unwrap_or_else(PoisonError::into_inner) = match counted {
+                Ok(counts) => Count::Done(counts),
+                Err(_) => Count::Failed,
+            };
+            reader.tally.done.notify_all();
+            if let Some(sum) = sum {
+                total(sum);
+            }
+        });
+        if spawned.is_err() {
+            // No count: no total on the bars, nothing to compare.
+            *self.tally.count.lock().unwrap_or_else(PoisonError::into_inner) = Count::Failed;
+        }
+    }
+
+    fn count(&self, sources: Vec<Recount>) -> io::Result<Vec<(Arc<str>, u64)>> {
+        let mut counter = Counter(0);
+        let mut counts = Vec::with_capacity(sources.len());
         for source in sources {
             let name = source.name.clone();
-            self.read_source(&name, Box::new(source), &mut total, None)?;
+            let before = counter.0;
+            self.read_source(&name, Box::new(source), &mut counter, None)?;
+            counts.push((name, counter.0 - before));
         }
-        Ok(total.0)
+        Ok(counts)
     }
 
     /// Parse one source, giving each item to `sink` until it returns false
@@ -392,6 +462,25 @@ impl Seen {
 /// dispatcher for many lines.
 const BATCH: usize = 128;
 
+impl Tally {
+    /// Wait for a count under way; the first source whose count differs
+    /// from `read`, with both numbers.
+    fn disagreement(&self, read: &[(Arc<str>, u64)]) -> Option<(Arc<str>, u64, u64)> {
+        let mut count = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        while matches!(*count, Count::Pending) {
+            count = self.done.wait(count).unwrap_or_else(PoisonError::into_inner);
+        }
+        let Count::Done(counted) = &*count else {
+            return None;
+        };
+        counted
+            .iter()
+            .zip(read)
+            .find(|((_, c), (_, r))| c != r)
+            .map(|((name, c), (_, r))| (name.clone(), *c, *r))
+    }
+}
+
 /// Where [`Reader::read_source`] puts what it parses; `false` stops it.
 trait Sink {
     fn item(&mut self, item: Item) -> bool;
@@ -402,10 +491,13 @@ trait Sink {
 struct Batcher<'a> {
     tx: &'a mpsc::Sender<Vec<Item>>,
     items: Vec<Item>,
+    /// Items given so far, sent or not.
+    sent: u64,
 }
 
 impl Sink for Batcher<'_> {
     fn item(&mut self, item: Item) -> bool {
+        self.sent += 1;
         self.items.push(item);
         self.items.len() < BATCH || self.flush()
     }
@@ -700,7 +792,7 @@ mod tests {
 
     fn read(sources: Vec<Source>) -> Vec<String> {
         let (tx, mut rx) = mpsc::channel(4);
-        std::thread::spawn(move || Reader { rules: rules(), shard: None }.read_all(sources, &tx));
+        std::thread::spawn(move || Reader::new(rules(), None).read_all(sources, &tx));
         let mut seen = Vec::new();
         while let Some(items) = rx.blocking_recv() {
             seen.extend(items.into_iter().map(|item| match item {
@@ -805,6 +897,50 @@ mod tests {
     }
 
     #[test]
+    fn a_count_ahead_that_disagrees_with_the_read_fails_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Source::open(&path).unwrap()
+        };
+        let run = |counted: Source, read: Source| {
+            let reader = Reader::new(rules(), None);
+            reader.spawn_count(vec![counted.recount().unwrap()], |_| {});
+            let (tx, mut rx) = mpsc::channel(4);
+            std::thread::spawn(move || reader.read_all(vec![read], &tx));
+            std::iter::from_fn(|| rx.blocking_recv()).flatten().collect::<Vec<_>>()
+        };
+        let items = run(file("m", "http://h/a\nhttp://h/b\n"), file("m", "http://h/a\nhttp://h/b\n"));
+        assert_eq!(items.len(), 2);
+        assert!(items.iter().all(|item| matches!(item, Item::Entry(_))));
+
+        // As if lines were appended after the reader had reached the end.
+        let items =
+            run(file("m", "http://h/a\nhttp://h/b\nhttp://h/c\n"), file("n", "http://h/a\nhttp://h/b\n"));
+        let Some(Item::ReadFailed { source, error }) = items.last() else { panic!("{items:?}") };
+        assert!(source.ends_with('m'), "{source}");
+        assert_eq!(error.to_string(), "it changed while being read: 3 entries counted ahead, 2 read");
+    }
+
+    #[test]
+    fn only_regular_files_are_counted_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        std::fs::write(&path, "http://h/a\n").unwrap();
+        assert!(Source::open(&path).unwrap().recount().is_some());
+        assert!(Source::open(Path::new("/dev/null")).unwrap().recount().is_none());
+        assert!(Source::stream("s", Box::new(io::empty())).recount().is_none());
+        // A count reads at its own offset: the source still reads everything.
+        let mut source = Source::open(&path).unwrap();
+        let mut counted = String::new();
+        source.recount().unwrap().read_to_string(&mut counted).unwrap();
+        let mut read = String::new();
+        source.reader.read_to_string(&mut read).unwrap();
+        assert_eq!((counted.as_str(), read.as_str()), ("http://h/a\n", "http://h/a\n"));
+    }
+
+    #[test]
     fn bad_url_error_hides_password() {
         let err = parse("http://user:hunter2@[bad/x").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
@@ -818,7 +954,7 @@ mod tests {
             Source::stream("m2", Box::new(io::Cursor::new(b"http://h/d".to_vec()))),
         ];
         let (tx, mut rx) = mpsc::channel(16);
-        Reader { rules: rules(), shard: None }.read_all(sources, &tx);
+        Reader::new(rules(), None).read_all(sources, &tx);
         drop(tx);
         let mut seen = Vec::new();
         while let Ok(items) = rx.try_recv() {
