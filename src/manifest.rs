@@ -90,10 +90,10 @@ pub enum LineError {
     #[error("line is longer than {MAX_LINE} bytes")]
     TooLong,
     #[error(
-        "the URL ends at the first space, so the path would be {path:?}, but it holds a wider gap: \
-         if the URL has a space, write it as %20, or use the JSON form"
+        "ambiguous line: the URL ends at the first space ({url}), so the path would be {path:?}, \
+         which holds a wider gap: if the URL has a space, write it as %20, or use the JSON form"
     )]
-    AmbiguousSplit { path: String },
+    AmbiguousSplit { url: String, path: String },
     #[error(
         "destination {} is also given by {} with another URL",
         dest.display(),
@@ -613,7 +613,7 @@ fn split_plain(line: &str) -> Result<(&str, Option<&str>), LineError> {
     let gap = gap_width(&rest[..rest.len() - path.len()]);
     let mut gaps = path.split(|c: char| !c.is_whitespace()).filter(|g| !g.is_empty());
     if gaps.any(|inner| gap_width(inner) > gap) {
-        return Err(LineError::AmbiguousSplit { path: path.to_owned() });
+        return Err(LineError::AmbiguousSplit { url: crate::redact::url_str(url), path: path.to_owned() });
     }
     Ok((url, Some(path)))
 }
