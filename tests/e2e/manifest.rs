@@ -4,6 +4,7 @@
 //! given twice.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -42,9 +43,18 @@ fn a_fifo_manifest_with_progress_bars_loses_no_line() {
         let feeder = {
             let fifo = fifo.clone();
             std::thread::spawn(move || {
-                // Blocks until fetch opens the FIFO; one write per line, so
-                // a second reader would be woken for some of them.
-                let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                // Non-blocking, so that a fetch that never opens the FIFO
+                // cannot hang the test: the open fails until it does.
+                let mut pipe = None;
+                wait_until(Duration::from_secs(60), || {
+                    let open =
+                        std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+                    pipe = open.ok();
+                    pipe.is_some()
+                });
+                let mut pipe = pipe.expect("fetch opened the FIFO");
+                // One write per line, so a second reader would be woken for
+                // some of them. All of them fit in the pipe's buffer.
                 for line in lines {
                     pipe.write_all(format!("{line}\n").as_bytes()).unwrap();
                     std::thread::sleep(Duration::from_millis(1));
@@ -90,10 +100,10 @@ fn a_regular_file_on_stdin_with_progress_bars_loses_no_line() {
 }
 
 /// Peak resident memory of a running process, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[test]
@@ -113,21 +123,26 @@ fn an_overlong_line_is_skipped_in_bounded_memory_and_the_next_line_downloads() {
     let good = server.url("/good");
     let feeder = std::thread::spawn(move || {
         let chunk = vec![b'x'; 1 << 20];
-        stdin.write_all(b"http://h/").unwrap();
+        stdin.write_all(b"http://h/")?;
         for _ in 0..LONG / chunk.len() {
-            stdin.write_all(&chunk).unwrap();
+            stdin.write_all(&chunk)?;
         }
-        stdin.write_all(format!("\n{good}\n").as_bytes()).unwrap();
-        stdin.flush().unwrap();
+        stdin.write_all(format!("\n{good}\n").as_bytes())?;
+        stdin.flush()?;
         // Held open: the process is still there to be measured.
-        stdin
+        std::io::Result::Ok(stdin)
     });
     let landed = wait_until(Duration::from_secs(60), || tmp.path().join("good").exists());
     let peak = peak_rss_kib(pid);
+    if !landed {
+        // Unblocks the feeder's writes.
+        let _ = child.kill();
+    }
     drop(feeder.join().unwrap());
     let out = finish(child);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(landed, "{stderr}");
+    let peak = peak.expect("fetch was running");
     assert_eq!(std::fs::read(tmp.path().join("good")).unwrap(), body);
     assert!(stderr.contains("<stdin>:1: line is longer than"), "{stderr}");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
