@@ -57,6 +57,10 @@ pub enum ConfigError {
     TooManyHeaders,
     #[error("the -H headers add up to more than {} KiB", MAX_HEADER_BYTES / 1024)]
     HeadersTooLarge,
+    #[error(
+        "{0} is a URL, not a manifest file; to download one URL, give it as a manifest line: echo URL | fetch"
+    )]
+    UrlAsManifest(String),
     #[error("cannot read header file {}: {source}", path.display())]
     HeaderFile { path: PathBuf, source: io::Error },
     #[error("{}:{line}: {reason}", path.display())]
@@ -96,7 +100,7 @@ impl Config {
             }
             // No destination may overwrite the run's own files.
             let report = cli.report.iter().map(|path| (path.clone(), "--report file"));
-            let manifests = sources.iter().filter_map(|s| Some((s.path.clone()?, "manifest")));
+            let manifests = cli.manifests.iter().filter(|p| p.as_os_str() != "-").map(|p| (p.clone(), "manifest"));
             let protected: Vec<_> = report.chain(manifests).collect();
             let rules = Rules::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
             // One message now, not one failure per entry. With -P the
@@ -167,7 +171,18 @@ fn open_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigError> {
                 }
                 return Ok(Source::stdin());
             }
-            Source::open(path).map_err(|source| ConfigError::Manifest { path: path.clone(), source })
+            Source::open(path).map_err(|source| {
+                // `fetch https://host/file`: no such file, and a scheme (RFC 3986 3.1).
+                let text = path.to_string_lossy();
+                let scheme = text.split_once("://").map_or("", |(scheme, _)| scheme);
+                if source.kind() == io::ErrorKind::NotFound
+                    && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                {
+                    return ConfigError::UrlAsManifest(crate::redact::url_str(&text));
+                }
+                ConfigError::Manifest { path: path.clone(), source }
+            })
         })
         .collect()
 }

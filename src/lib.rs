@@ -101,18 +101,15 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
         None => None,
     };
     let reporter = Arc::new(Reporter::new(config.verbosity, config.display));
-    let reader = Reader { rules: config.rules.clone(), shard: config.shard };
+    let reader = Reader::new(config.rules.clone(), config.shard);
 
-    // The bars' total: count the manifest files in a second pass, in the
-    // background (a pipe cannot be read twice, so its total stays unknown).
-    let paths: Option<Vec<_>> = config.sources.iter().map(|s| s.path.clone()).collect();
-    if let (progress::Display::Bar { .. }, Some(paths)) = (config.display, paths) {
-        let (reader, reporter) = (reader.clone(), reporter.clone());
-        std::thread::spawn(move || {
-            if let Ok(total) = reader.count(&paths) {
-                reporter.set_total(total);
-            }
-        });
+    // The bars' total: count the manifests in a second pass, in the
+    // background, when all are regular files (read at their own offset:
+    // a pipe or FIFO cannot be read twice, so its total stays unknown).
+    let recounts: Option<Vec<_>> = config.sources.iter().map(manifest::Source::recount).collect();
+    if let (progress::Display::Bar { .. }, Some(recounts)) = (config.display, recounts) {
+        let reporter = reporter.clone();
+        reader.spawn_count(recounts, move |total| reporter.set_total(total));
     }
 
     // A plain thread, not spawn_blocking: a read from a quiet pipe may block

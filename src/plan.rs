@@ -4,9 +4,8 @@
 //!
 //! One line per entry: `download  PATH  URL` or `skip      PATH  (exists)`;
 //! invalid lines and destinations refused by the symlink check go to
-//! standard error as in a real run. Entries of one run that share a
-//! destination are not detected here: that would need memory that grows
-//! with the manifest.
+//! standard error as in a real run, including a destination given again
+//! with another URL (the manifest reader's bounded check).
 
 use std::io::{self, Write};
 
@@ -19,7 +18,7 @@ use crate::redact;
 use crate::report::Summary;
 
 pub fn run(config: Config, reporter: &Reporter) -> Summary {
-    let reader = Reader { rules: config.rules.clone(), shard: config.shard };
+    let reader = Reader::new(config.rules.clone(), config.shard);
     let (tx, mut rx) = mpsc::channel(8);
     let sources = config.sources;
     std::thread::spawn(move || reader.read_all(sources, &tx));

@@ -26,9 +26,16 @@ impl FromStr for Shard {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || format!("invalid shard {s:?}: expected K/N with 0 <= K < N, like 0/4");
+        // Digits only: `u64::from_str` also takes a sign ("+1").
+        let number = |text: &str| {
+            let text = text.trim();
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            text.parse::<u64>().map_err(|_| bad())
+        };
         let (k, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (u64, u64) =
-            (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        let (index, count) = (number(k)?, number(n)?);
         if count == 0 || index >= count {
             return Err(bad());
         }
@@ -65,7 +72,10 @@ mod tests {
     fn shard_parsing() {
         assert_eq!("0/4".parse::<Shard>(), Ok(Shard { index: 0, count: 4 }));
         assert_eq!("3/4".parse::<Shard>(), Ok(Shard { index: 3, count: 4 }));
-        for bad in ["4/4", "1/0", "-1/4", "a/b", "1", "", "1/2/3"] {
+        assert_eq!(" 1 / 4 ".parse::<Shard>(), Ok(Shard { index: 1, count: 4 }));
+        for bad in
+            ["4/4", "1/0", "-1/4", "a/b", "1", "", "1/2/3", "+1/4", "1/+4", "-0/4", "1/", "/4", "0x1/4"]
+        {
             assert!(bad.parse::<Shard>().is_err(), "{bad:?}");
         }
     }

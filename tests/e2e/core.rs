@@ -221,18 +221,17 @@ fn existing_files_are_skipped_without_a_request_and_overwrite_is_atomic() {
 #[test]
 fn one_destination_twice_downloads_once() {
     // Also with --overwrite: the first to complete wins, the later is skipped.
+    // (With another URL the later line is invalid: manifest::a_destination_given_again_*.)
     for extra in [&[][..], &["--overwrite"][..]] {
         let server = Server::start();
         server.route("/a", Route { delay: Duration::from_millis(300), ..Route::new(crate::content(1, 100)) });
-        server.route("/b", Route { delay: Duration::from_millis(300), ..Route::new(crate::content(2, 100)) });
         let tmp = tempfile::tempdir().unwrap();
-        write(tmp.path(), "m.txt", &format!("{} same\n{} same\n", server.url("/a"), server.url("/b")));
+        write(tmp.path(), "m.txt", &format!("{} same\n{} ./same\n", server.url("/a"), server.url("/a")));
         let out = run(fetch(tmp.path()).args(extra).arg("m.txt"));
         assert_eq!(out.code, Some(0), "{out:?}");
         assert!(out.stderr.contains("1 downloaded, 1 skipped, 0 failed"), "{extra:?}: {}", out.stderr);
         assert_eq!(server.log().len(), 1, "{extra:?}: the later entry makes no request");
-        let got = std::fs::read(tmp.path().join("same")).unwrap();
-        assert_eq!(got, crate::content(if server.log()[0].path == "/a" { 1 } else { 2 }, 100));
+        assert_eq!(std::fs::read(tmp.path().join("same")).unwrap(), crate::content(1, 100));
     }
 }
 
@@ -241,16 +240,15 @@ fn a_destination_named_again_much_later_is_skipped_without_a_request() {
     // In a directory this run created, long after the first entry is done.
     let server = Server::start();
     server.file("/a", 1, 100);
-    server.file("/b", 2, 100);
     server.file("/c", 3, 10);
     let tmp = tempfile::tempdir().unwrap();
     let between: String = (0..300).map(|i| format!("{} sub/c{i}\n", server.url("/c"))).collect();
-    let manifest = format!("{} sub/same\n{between}{} sub/same\n", server.url("/a"), server.url("/b"));
+    let manifest = format!("{} sub/same\n{between}{} sub/same\n", server.url("/a"), server.url("/a"));
     write(tmp.path(), "m.txt", &manifest);
     let out = run(fetch(tmp.path()).args(["-j", "1", "m.txt"]));
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("301 downloaded, 1 skipped, 0 failed"), "{}", out.stderr);
-    assert!(server.requests_to("/b").is_empty(), "the later entry makes no request");
+    assert_eq!(server.requests_to("/a").len(), 1, "the later entry makes no request");
     assert_eq!(std::fs::read(tmp.path().join("sub/same")).unwrap(), crate::content(1, 100));
 }
 

@@ -5,6 +5,7 @@ mod confine;
 mod core;
 mod hostile_output;
 mod network;
+mod manifest;
 mod output;
 mod resilience;
 mod server;
