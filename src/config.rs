@@ -100,7 +100,8 @@ impl Config {
             }
             // No destination may overwrite the run's own files.
             let report = cli.report.iter().map(|path| (path.clone(), "--report file"));
-            let manifests = cli.manifests.iter().filter(|p| p.as_os_str() != "-").map(|p| (p.clone(), "manifest"));
+            let manifests =
+                cli.manifests.iter().filter(|p| p.as_os_str() != "-").map(|p| (p.clone(), "manifest"));
             let protected: Vec<_> = report.chain(manifests).collect();
             let rules = Rules::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
             // One message now, not one failure per entry. With -P the

@@ -4,8 +4,8 @@
 mod confine;
 mod core;
 mod hostile_output;
-mod network;
 mod manifest;
+mod network;
 mod output;
 mod resilience;
 mod server;
