@@ -23,7 +23,7 @@ use crate::commit::Committer;
 use crate::dest::{PrepareError, Rules};
 use crate::fsx::{Committed, LockedElsewhere, Opened, Partial};
 use crate::manifest::{Entry, LineError, Location};
-use crate::pool::{Clients, Keyed, Limits, Slot};
+use crate::pool::{Clients, Keyed, Limits, Slot, Ticket};
 use crate::progress::Reporter;
 use crate::progress::TransferProgress;
 use crate::redact;
@@ -119,13 +119,21 @@ impl Outcome {
     }
 }
 
-/// Download one entry; never fails, the outcome says how it went. `None`
-/// when the run was interrupted before this entry began: like the manifest
-/// lines not yet read, it is left for the next run and not reported.
-pub async fn download(entry: Entry, ctx: Arc<Context>) -> Option<Outcome> {
+/// The `--per-host` key of `url`: host and port.
+pub fn host_key(url: &reqwest::Url) -> String {
+    url.host_str().unwrap_or_default().to_owned()
+        + ":"
+        + &url.port_or_known_default().unwrap_or(0).to_string()
+}
+
+/// Download one entry, whose place in line for a slot is `ticket`; never
+/// fails, the outcome says how it went. `None` when the run was interrupted
+/// before this entry began: like the manifest lines not yet read, it is
+/// left for the next run and not reported.
+pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option<Outcome> {
     let started = Instant::now();
     let mut outcome = Outcome::start(&entry);
-    let result = run(&entry, &ctx, &mut outcome).await;
+    let result = run(&entry, ticket, &ctx, &mut outcome).await;
     match result {
         Ok(Done::NotStarted) => return None,
         Ok(Done::Downloaded) => outcome.status = Status::Downloaded,
@@ -156,8 +164,14 @@ fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
-async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result<Done, DownloadError> {
+async fn run(
+    entry: &Entry,
+    mut ticket: Ticket,
+    ctx: &Arc<Context>,
+    outcome: &mut Outcome,
+) -> Result<Done, DownloadError> {
     let dest = &entry.dest;
+    let host = host_key(&entry.url);
     // Not looked for where this run knows it cannot be: a system call per
     // entry saved, 10% of the CPU on 1-byte files in new directories.
     let unknown = !ctx.overwrite && ctx.rules.may_exist(dest);
@@ -165,10 +179,21 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
         return Ok(Done::Skipped(SkipReason::Exists));
     }
     // Entries of this run that share a destination go one at a time; a later
-    // one finds the file in place, or the earlier one's success flag.
-    let Some(dest_permit) = ctx.shutdown.unless_cancelled(ctx.destinations.acquire(dest.clone())).await
-    else {
-        return Ok(Done::NotStarted);
+    // one finds the file in place, or the earlier one's success flag. Until
+    // it has a slot, nothing here waits with the ticket held: the tickets
+    // behind it would wait too (see [`Limits`]), for an entry that may
+    // itself be waiting for a slot.
+    let dest_permit = match ctx.destinations.try_acquire(dest.clone()) {
+        Some(permit) => permit,
+        None => {
+            drop(ticket);
+            let acquire = ctx.destinations.acquire(dest.clone());
+            let Some(permit) = ctx.shutdown.unless_cancelled(acquire).await else {
+                return Ok(Done::NotStarted);
+            };
+            ticket = ctx.limits.ticket(&host);
+            permit
+        }
     };
     // Another process may finish the file too; the commit never replaces
     // it (`RENAME_NOREPLACE`), so looking again here would only cost every
@@ -186,10 +211,7 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
         ctx.committer.watch(parent.dir);
     }
 
-    let host = entry.url.host_str().unwrap_or_default().to_owned()
-        + ":"
-        + &entry.url.port_or_known_default().unwrap_or(0).to_string();
-    let Some(slot) = ctx.shutdown.unless_cancelled(ctx.limits.slot(&host)).await else {
+    let Some(slot) = ctx.shutdown.unless_cancelled(ticket.slot()).await else {
         return Ok(Done::NotStarted);
     };
     let mut slot = Some(slot);

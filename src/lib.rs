@@ -183,7 +183,9 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
         {
             match item {
                 Item::Entry(entry) => {
-                    tasks.spawn(download::download(*entry, ctx.clone()));
+                    // Taken here, in manifest order: slots go by tickets.
+                    let ticket = ctx.limits.ticket(&download::host_key(&entry.url));
+                    tasks.spawn(download::download(*entry, ticket, ctx.clone()));
                 }
                 Item::Invalid { location, error } => {
                     joined(Ok(Some(Outcome::invalid(location, error))), &mut summary)
