@@ -28,7 +28,7 @@ use crate::progress::Reporter;
 use crate::progress::TransferProgress;
 use crate::redact;
 use crate::report::{Outcome, SkipReason, Status};
-use crate::retry::{Class, RetryPolicy};
+use crate::retry::{self, Class, RetryPolicy};
 use crate::segments::{self, SplitPolicy};
 use crate::shutdown::Shutdown;
 use crate::transfer::{self, AttemptError, Attempted, State, Target};
@@ -130,10 +130,42 @@ pub fn host_key(url: &reqwest::Url) -> String {
 /// fails, the outcome says how it went. `None` when the run was interrupted
 /// before this entry began: like the manifest lines not yet read, it is
 /// left for the next run and not reported.
+///
+/// Out of file descriptors (EMFILE, ENFILE), wherever that happened (the
+/// connection, the part file, the commit), the entry is not failed: the run
+/// goes on with fewer downloads at once ([`Limits::lower`]) and the entry
+/// starts over, resuming what it wrote, for as long as other downloads or
+/// commits hold descriptors that they will give back.
 pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option<Outcome> {
     let started = Instant::now();
     let mut outcome = Outcome::start(&entry);
-    let result = run(&entry, ticket, &ctx, &mut outcome).await;
+    let mut ticket = Some(ticket);
+    let mut alone = 0;
+    let result = loop {
+        let generation = ctx.limits.generation();
+        let ticket = ticket.take().unwrap_or_else(|| ctx.limits.ticket(&host_key(&entry.url)));
+        let result = run(&entry, ticket, &ctx, &mut outcome).await;
+        let Err(error) = &result else { break result };
+        if !out_of_descriptors(error) {
+            break result;
+        }
+        // With nothing else in flight, nobody will give descriptors back.
+        alone = if ctx.limits.in_use() > 0 || ctx.committer.in_flight() > 0 { 0 } else { alone + 1 };
+        if alone > OUT_OF_DESCRIPTORS_ALONE {
+            break result;
+        }
+        if let Some(jobs) = ctx.limits.lower(generation)
+            && ctx.limits.first_to_tell()
+        {
+            let jobs = if jobs == 1 { "1 download".to_owned() } else { format!("{jobs} downloads") };
+            ctx.reporter.error(&format_args!("too many open files: {jobs} at once from now on"));
+        }
+        ctx.reporter.retrying(&entry.dest, outcome.attempts, error, OUT_OF_DESCRIPTORS_WAIT);
+        tokio::select! {
+            () = tokio::time::sleep(OUT_OF_DESCRIPTORS_WAIT) => {}
+            () = ctx.shutdown.cancelled() => break Err(AttemptError::Cancelled.into()),
+        }
+    };
     match result {
         Ok(Done::NotStarted) => return None,
         Ok(Done::Downloaded) => outcome.status = Status::Downloaded,
@@ -152,6 +184,24 @@ pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option
     }
     outcome.elapsed = started.elapsed();
     Some(outcome)
+}
+
+/// Times an entry that ran out of file descriptors with nothing else in
+/// flight starts over before it fails.
+const OUT_OF_DESCRIPTORS_ALONE: u32 = 3;
+/// How long such an entry waits first, for the committer to catch up.
+const OUT_OF_DESCRIPTORS_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether `error` is a case of running out of file descriptors.
+fn out_of_descriptors(error: &DownloadError) -> bool {
+    let source: &(dyn std::error::Error + 'static) = match error {
+        DownloadError::Attempt(AttemptError::Http(e)) => e,
+        DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => e,
+        DownloadError::Partial { source, .. } => source,
+        DownloadError::Prepare(e) => e,
+        _ => return false,
+    };
+    retry::out_of_descriptors(source)
 }
 
 enum Done {
@@ -283,12 +333,15 @@ async fn run(
                     Err(error) => {
                         // Ranges were retried on their own; what is written
                         // is recorded for the next run unless it is useless.
-                        if error.class() == Class::Permanent && !matches!(error, AttemptError::Cancelled) {
+                        let permanent =
+                            error.class() == Class::Permanent && !matches!(error, AttemptError::Cancelled);
+                        let error = DownloadError::from(error);
+                        if permanent && !out_of_descriptors(&error) {
                             partial.discard().map_err(partial_error)?;
                         } else {
                             partial.keep().map_err(partial_error)?;
                         }
-                        return Err(error.into());
+                        return Err(error);
                     }
                 }
             }
@@ -314,7 +367,8 @@ async fn run(
             DownloadError::Attempt(e) => e.class(),
             _ => Class::Permanent,
         };
-        if matches!(error, DownloadError::Attempt(AttemptError::Cancelled)) {
+        if matches!(error, DownloadError::Attempt(AttemptError::Cancelled)) || out_of_descriptors(&error) {
+            // Out of descriptors, [`download`] starts the entry over, resuming.
             partial.keep().map_err(partial_error)?;
             return Err(error);
         }

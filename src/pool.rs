@@ -94,14 +94,22 @@ impl Clients {
 /// other hosts; one still being prepared (its task has not asked yet) holds
 /// up the tickets after it, which is brief: nothing is awaited before it
 /// asks (see [`crate::download`]).
+///
+/// Out of file descriptors, the run goes on with fewer slots ([`Limits::lower`]).
 #[derive(Debug)]
 pub struct Limits {
     line: Arc<Mutex<Line>>,
+    /// The run has been told that it runs fewer at once than asked.
+    told: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Line {
-    jobs_free: usize,
+    /// Slots in all, and in use.
+    jobs: usize,
+    in_use: usize,
+    /// How many times `jobs` was lowered.
+    generation: u64,
     per_host: Option<usize>,
     /// Slots in use by host, for hosts that have any.
     busy: HashMap<String, usize>,
@@ -136,9 +144,51 @@ pub struct Slot {
 
 impl Limits {
     pub fn new(jobs: usize, per_host: Option<usize>) -> Limits {
-        let line =
-            Line { jobs_free: jobs, per_host, busy: HashMap::new(), waiting: BTreeMap::new(), next: 0 };
-        Limits { line: Arc::new(Mutex::new(line)) }
+        let line = Line {
+            jobs,
+            in_use: 0,
+            generation: 0,
+            per_host,
+            busy: HashMap::new(),
+            waiting: BTreeMap::new(),
+            next: 0,
+        };
+        Limits { line: Arc::new(Mutex::new(line)), told: AtomicBool::new(false) }
+    }
+
+    /// Slots in use.
+    pub fn in_use(&self) -> usize {
+        lock(&self.line).in_use
+    }
+
+    /// The number of times the slots were lowered so far: what a transfer
+    /// that may run out of descriptors notes before it starts.
+    pub fn generation(&self) -> u64 {
+        lock(&self.line).generation
+    }
+
+    /// Fewer slots, after a transfer that started in `generation` ran out
+    /// of file descriptors. The failures of one generation (a burst, as the
+    /// descriptors ran out for all at once) lower the slots once. Returns
+    /// the new number of slots when it changed.
+    pub fn lower(&self, generation: u64) -> Option<usize> {
+        let mut line = lock(&self.line);
+        if line.generation != generation {
+            return None;
+        }
+        let jobs = lowered(line.jobs, line.in_use);
+        if jobs == line.jobs {
+            return None;
+        }
+        line.jobs = jobs;
+        line.generation += 1;
+        Some(jobs)
+    }
+
+    /// True the first time it is asked: whether to tell the user that the
+    /// run goes at fewer downloads at once than `--jobs`.
+    pub fn first_to_tell(&self) -> bool {
+        !self.told.swap(true, Ordering::Relaxed)
     }
 
     /// A place in line for a slot for `host`, behind every ticket taken before.
@@ -201,7 +251,7 @@ impl Line {
     fn serve(&mut self) {
         let mut served = Vec::new();
         for (&number, waiter) in &self.waiting {
-            if self.jobs_free == 0 {
+            if self.in_use >= self.jobs {
                 break;
             }
             let busy = self.busy.get(&waiter.host).copied().unwrap_or(0);
@@ -211,7 +261,7 @@ impl Line {
             if waiter.wake.is_none() {
                 break;
             }
-            self.jobs_free -= 1;
+            self.in_use += 1;
             *self.busy.entry(waiter.host.clone()).or_default() += 1;
             served.push(number);
         }
@@ -226,7 +276,7 @@ impl Line {
     }
 
     fn release(&mut self, host: &str) {
-        self.jobs_free += 1;
+        self.in_use -= 1;
         if let Some(busy) = self.busy.get_mut(host) {
             *busy -= 1;
             if *busy == 0 {
@@ -234,6 +284,13 @@ impl Line {
             }
         }
     }
+}
+
+/// Slots after running out of descriptors with `in_use` of `jobs` taken:
+/// a quarter fewer than were in use (the failed one's included), at least
+/// one.
+fn lowered(jobs: usize, in_use: usize) -> usize {
+    ((jobs.min(in_use + 1) * 3) / 4).clamp(1, jobs)
 }
 
 fn lock(line: &Mutex<Line>) -> std::sync::MutexGuard<'_, Line> {
@@ -383,6 +440,19 @@ mod tests {
         drop((a1, b1));
         let _d = d.slot().await;
         let _e = limits.slot("a").await;
+    }
+
+    #[test]
+    fn out_of_descriptors_a_quarter_fewer_slots_than_were_in_use() {
+        let cases = [(200, 40, 30), (200, 0, 1), (16, 16, 12), (4, 1, 1), (1, 0, 1), (10, 3, 3)];
+        for (jobs, in_use, want) in cases {
+            assert_eq!(lowered(jobs, in_use), want, "{jobs} with {in_use} in use");
+        }
+        let limits = Limits::new(8, None);
+        let generation = limits.generation();
+        assert_eq!(limits.lower(generation), Some(1), "nothing in use: one slot");
+        assert_eq!(limits.lower(generation), None, "one burst lowers once");
+        assert!(limits.first_to_tell() && !limits.first_to_tell());
     }
 
     async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {

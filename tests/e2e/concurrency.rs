@@ -107,3 +107,53 @@ fn entries_sharing_a_destination_do_not_hold_up_the_line() {
     assert!(tmp.path().join("c").exists());
     assert_eq!(paths(&server.log()), ["/flaky", "/c", "/flaky"]);
 }
+
+/// `fetch ARGS` in `dir` with at most `limit` open files, soft and hard
+/// (fetch raises its soft limit to the hard one).
+fn fetch_with_fd_limit(dir: &std::path::Path, limit: u32, args: &[&str]) -> crate::Run {
+    let bin = assert_cmd::cargo::cargo_bin("fetch");
+    let mut cmd = assert_cmd::Command::new("sh");
+    cmd.current_dir(dir).timeout(Duration::from_secs(60));
+    for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\"")).arg(bin).args(args);
+    run(&mut cmd)
+}
+
+/// Run 300 entries at `-j 200` with at most `limit` open files; every
+/// tenth file is large enough to need a part file.
+fn out_of_descriptors(limit: u32) {
+    let server = Server::start();
+    let mut manifest = String::new();
+    let mut bodies = Vec::new();
+    for i in 0..300 {
+        let len = if i % 10 == 0 { 300_000 } else { 1000 };
+        bodies.push(server.file(&format!("/f{i}"), i, len));
+        manifest += &format!("{} d{}/f{i}\n", server.url(&format!("/f{i}")), i % 7);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &manifest);
+    let out = fetch_with_fd_limit(tmp.path(), limit, &["-j", "200", "m.txt"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for (i, body) in bodies.iter().enumerate() {
+        let got = std::fs::read(tmp.path().join(format!("d{}/f{i}", i % 7))).unwrap();
+        assert!(got == *body, "f{i} differs");
+    }
+    assert_eq!(files(tmp.path()).len(), 301, "no part file is left");
+    let told: Vec<_> = out.stderr.lines().filter(|l| l.contains("at once")).collect();
+    assert_eq!(told.len(), 1, "{}", out.stderr);
+    assert!(told[0].starts_with("fetch: too many open files"), "{}", out.stderr);
+    assert!(!out.stderr.contains("failed "), "{}", out.stderr);
+}
+
+#[test]
+fn out_of_descriptors_the_run_goes_on_with_fewer_at_once() {
+    out_of_descriptors(64);
+}
+
+#[test]
+fn out_of_descriptors_even_for_one_download_at_once_nothing_fails() {
+    // Room for one download at a time: connections and commits run out.
+    out_of_descriptors(20);
+}
