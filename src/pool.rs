@@ -8,8 +8,8 @@
 //!
 //! [`Keyed`] is a set of semaphores by key that forgets a key once nobody
 //! holds or waits for it, so memory follows what is in flight, not how many
-//! hosts or destinations the manifest names. It also serializes entries of
-//! one run that share a destination (one permit per path).
+//! destinations the manifest names. It serializes entries of one run that
+//! share a destination (one permit per path).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
