@@ -7,10 +7,10 @@
 //! the start.
 //!
 //! - The first range continues the response that revealed the file's size
-//!   ([`crate::transfer::Attempted::Split`]); the others wait for permits
-//!   from the same `--jobs`/`--per-host` semaphores as whole downloads.
-//! - A worker asks for its range a window at a time (about [`WINDOW_TIME`]
-//!   of its connection's rate, closed `Range: bytes=a-b` requests), and
+//!   ([`crate::transfer::Attempted::Split`]); the others wait for slots
+//!   from the same [`crate::pool::Limits`] as whole downloads.
+//! - A worker asks for its range a window at a time (about a second of its
+//!   connection's rate, closed `Range: bytes=a-b` requests), and
 //!   reads every response to its end. A worker whose range is done takes
 //!   the next unclaimed one, else half of the largest part of a range that
 //!   nobody has asked for yet (work stealing), so one slow connection holds
