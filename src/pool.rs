@@ -455,6 +455,43 @@ mod tests {
         assert!(limits.first_to_tell() && !limits.first_to_tell());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn never_more_slots_than_jobs_whatever_is_dropped() {
+        use std::sync::atomic::AtomicUsize;
+        let limits = Arc::new(Limits::new(2, None));
+        let holding = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..2000u64 {
+            let ticket = limits.ticket(if i % 3 == 0 { "a" } else { "b" });
+            let (holding, most) = (holding.clone(), most.clone());
+            tasks.push(tokio::spawn(async move {
+                match i % 4 {
+                    // Given up before asking.
+                    0 => drop(ticket),
+                    // Given up while waiting.
+                    1 => {
+                        let _ =
+                            tokio::time::timeout(std::time::Duration::from_micros(50), ticket.slot()).await;
+                    }
+                    _ => {
+                        let slot = ticket.slot().await;
+                        let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        holding.fetch_sub(1, Ordering::SeqCst);
+                        drop(slot);
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(most.load(Ordering::SeqCst) <= 2, "{} slots at once", most.load(Ordering::SeqCst));
+        assert_eq!(limits.in_use(), 0);
+    }
+
     async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
         tokio::select! {
             biased;
