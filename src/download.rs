@@ -23,12 +23,12 @@ use crate::commit::Committer;
 use crate::dest::{PrepareError, Rules};
 use crate::fsx::{Committed, LockedElsewhere, Opened, Partial};
 use crate::manifest::{Entry, LineError, Location};
-use crate::pool::{Clients, Keyed, Limits, Slot};
+use crate::pool::{Clients, Keyed, Limits, Slot, Ticket};
 use crate::progress::Reporter;
 use crate::progress::TransferProgress;
 use crate::redact;
 use crate::report::{Outcome, SkipReason, Status};
-use crate::retry::{Class, RetryPolicy};
+use crate::retry::{self, Class, RetryPolicy};
 use crate::segments::{self, SplitPolicy};
 use crate::shutdown::Shutdown;
 use crate::transfer::{self, AttemptError, Attempted, State, Target};
@@ -121,13 +121,53 @@ impl Outcome {
     }
 }
 
-/// Download one entry; never fails, the outcome says how it went. `None`
-/// when the run was interrupted before this entry began: like the manifest
-/// lines not yet read, it is left for the next run and not reported.
-pub async fn download(entry: Entry, ctx: Arc<Context>) -> Option<Outcome> {
+/// The `--per-host` key of `url`: host and port.
+pub fn host_key(url: &reqwest::Url) -> String {
+    url.host_str().unwrap_or_default().to_owned()
+        + ":"
+        + &url.port_or_known_default().unwrap_or(0).to_string()
+}
+
+/// Download one entry, whose place in line for a slot is `ticket`; never
+/// fails, the outcome says how it went. `None` when the run was interrupted
+/// before this entry began: like the manifest lines not yet read, it is
+/// left for the next run and not reported.
+///
+/// Out of file descriptors (EMFILE, ENFILE), wherever that happened (the
+/// connection, the part file, the commit), the entry is not failed: the run
+/// goes on with fewer downloads at once ([`Limits::lower`]) and the entry
+/// starts over, resuming what it wrote, for as long as other downloads or
+/// commits hold descriptors that they will give back.
+pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option<Outcome> {
     let started = Instant::now();
     let mut outcome = Outcome::start(&entry);
-    let result = run(&entry, &ctx, &mut outcome).await;
+    let mut ticket = Some(ticket);
+    let mut alone = 0;
+    let result = loop {
+        let generation = ctx.limits.generation();
+        let ticket = ticket.take().unwrap_or_else(|| ctx.limits.ticket(&host_key(&entry.url)));
+        let result = run(&entry, ticket, &ctx, &mut outcome).await;
+        let Err(error) = &result else { break result };
+        if !out_of_descriptors(error) {
+            break result;
+        }
+        // With nothing else in flight, nobody will give descriptors back.
+        alone = if ctx.limits.in_use() > 0 || ctx.committer.in_flight() > 0 { 0 } else { alone + 1 };
+        if alone > OUT_OF_DESCRIPTORS_ALONE {
+            break result;
+        }
+        if let Some(jobs) = ctx.limits.lower(generation)
+            && ctx.limits.first_to_tell()
+        {
+            let jobs = if jobs == 1 { "1 download".to_owned() } else { format!("{jobs} downloads") };
+            ctx.reporter.error(&format_args!("too many open files: {jobs} at once from now on"));
+        }
+        ctx.reporter.retrying(&entry.dest, outcome.attempts, error, OUT_OF_DESCRIPTORS_WAIT);
+        tokio::select! {
+            () = tokio::time::sleep(OUT_OF_DESCRIPTORS_WAIT) => {}
+            () = ctx.shutdown.cancelled() => break Err(AttemptError::Cancelled.into()),
+        }
+    };
     match result {
         Ok(Done::NotStarted) => return None,
         Ok(Done::Downloaded) => outcome.status = Status::Downloaded,
@@ -148,6 +188,24 @@ pub async fn download(entry: Entry, ctx: Arc<Context>) -> Option<Outcome> {
     Some(outcome)
 }
 
+/// Times an entry that ran out of file descriptors with nothing else in
+/// flight starts over before it fails.
+const OUT_OF_DESCRIPTORS_ALONE: u32 = 3;
+/// How long such an entry waits first, for the committer to catch up.
+const OUT_OF_DESCRIPTORS_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether `error` is a case of running out of file descriptors.
+fn out_of_descriptors(error: &DownloadError) -> bool {
+    let source: &(dyn std::error::Error + 'static) = match error {
+        DownloadError::Attempt(AttemptError::Http(e)) => e,
+        DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => e,
+        DownloadError::Partial { source, .. } => source,
+        DownloadError::Prepare(e) => e,
+        _ => return false,
+    };
+    retry::out_of_descriptors(source)
+}
+
 enum Done {
     Downloaded,
     Skipped(SkipReason),
@@ -158,12 +216,18 @@ fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
-async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result<Done, DownloadError> {
+async fn run(
+    entry: &Entry,
+    mut ticket: Ticket,
+    ctx: &Arc<Context>,
+    outcome: &mut Outcome,
+) -> Result<Done, DownloadError> {
     let dest = &entry.dest;
     ctx.rules.check_protected(dest).map_err(|error| DownloadError::Invalid {
         location: entry.location.clone(),
         error: LineError::Dest(error),
     })?;
+    let host = host_key(&entry.url);
     // Not looked for where this run knows it cannot be: a system call per
     // entry saved, 10% of the CPU on 1-byte files in new directories.
     let unknown = !ctx.overwrite && ctx.rules.may_exist(dest);
@@ -171,10 +235,21 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
         return Ok(Done::Skipped(SkipReason::Exists));
     }
     // Entries of this run that share a destination go one at a time; a later
-    // one finds the file in place, or the earlier one's success flag.
-    let Some(dest_permit) = ctx.shutdown.unless_cancelled(ctx.destinations.acquire(dest.clone())).await
-    else {
-        return Ok(Done::NotStarted);
+    // one finds the file in place, or the earlier one's success flag. Until
+    // it has a slot, nothing here waits with the ticket held: the tickets
+    // behind it would wait too (see [`Limits`]), for an entry that may
+    // itself be waiting for a slot.
+    let dest_permit = match ctx.destinations.try_acquire(dest.clone()) {
+        Some(permit) => permit,
+        None => {
+            drop(ticket);
+            let acquire = ctx.destinations.acquire(dest.clone());
+            let Some(permit) = ctx.shutdown.unless_cancelled(acquire).await else {
+                return Ok(Done::NotStarted);
+            };
+            ticket = ctx.limits.ticket(&host);
+            permit
+        }
     };
     // Another process may finish the file too; the commit never replaces
     // it (`RENAME_NOREPLACE`), so looking again here would only cost every
@@ -192,10 +267,7 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
         ctx.committer.watch(&parent.handle);
     }
 
-    let host = entry.url.host_str().unwrap_or_default().to_owned()
-        + ":"
-        + &entry.url.port_or_known_default().unwrap_or(0).to_string();
-    let Some(slot) = ctx.shutdown.unless_cancelled(ctx.limits.slot(&host)).await else {
+    let Some(slot) = ctx.shutdown.unless_cancelled(ticket.slot()).await else {
         return Ok(Done::NotStarted);
     };
     let mut slot = Some(slot);
@@ -274,12 +346,15 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
                     Err(error) => {
                         // Ranges were retried on their own; what is written
                         // is recorded for the next run unless it is useless.
-                        if error.class() == Class::Permanent && !matches!(error, AttemptError::Cancelled) {
+                        let permanent =
+                            error.class() == Class::Permanent && !matches!(error, AttemptError::Cancelled);
+                        let error = DownloadError::from(error);
+                        if permanent && !out_of_descriptors(&error) {
                             partial.discard().map_err(partial_error)?;
                         } else {
                             partial.keep().map_err(partial_error)?;
                         }
-                        return Err(error.into());
+                        return Err(error);
                     }
                 }
             }
@@ -305,7 +380,8 @@ async fn run(entry: &Entry, ctx: &Arc<Context>, outcome: &mut Outcome) -> Result
             DownloadError::Attempt(e) => e.class(),
             _ => Class::Permanent,
         };
-        if matches!(error, DownloadError::Attempt(AttemptError::Cancelled)) {
+        if matches!(error, DownloadError::Attempt(AttemptError::Cancelled)) || out_of_descriptors(&error) {
+            // Out of descriptors, [`download`] starts the entry over, resuming.
             partial.keep().map_err(partial_error)?;
             return Err(error);
         }

@@ -64,12 +64,14 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         let reporter = Reporter::new(config.verbosity, progress::Display::Log);
         return Ok(plan::run(config, &reporter));
     }
-    raise_open_file_limit();
+    let open_files = raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::Runtime)?;
     // On a worker, not the main thread: each finished download wakes the
     // dispatcher, and a wake within the runtime costs no thread switch.
     runtime.block_on(async {
-        tokio::spawn(run_async(config)).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        tokio::spawn(run_async(config, open_files))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     })
 }
 
@@ -77,19 +79,43 @@ pub fn run(config: Config) -> Result<Summary, Error> {
 /// does: a run holds a socket and a file per download in flight, and the
 /// committer a file per entry of its batch (up to [`commit::MAX_BATCH`]),
 /// more than the usual soft limit of 1,024 allows at a high `--jobs`.
+/// Returns the limit the run has, if known.
 #[allow(unsafe_code)]
-fn raise_open_file_limit() {
+fn raise_open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit fills the struct it is given; setrlimit reads it.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, ..limit };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
         }
     }
+    Some(limit.rlim_cur)
 }
 
-async fn run_async(config: Config) -> Result<Summary, Error> {
+/// Descriptors a run holds besides its downloads': standard streams, the
+/// runtime's, the manifest, the report, the committer's.
+const FD_RESERVE: u64 = 16;
+/// Descriptors one download may hold: its connection, its part file, its
+/// file at the commit.
+const FD_PER_JOB: u64 = 3;
+
+/// `--jobs`, or fewer if `open_files` descriptors cannot hold that many.
+/// Running out later still only lowers the concurrency (see
+/// [`download::download`]); this spares a run that is bound to the
+/// failures at its start.
+fn jobs_within(jobs: usize, open_files: Option<u64>) -> usize {
+    let Some(open_files) = open_files else { return jobs };
+    let fit = (open_files.saturating_sub(FD_RESERVE) / FD_PER_JOB).max(1);
+    jobs.min(usize::try_from(fit).unwrap_or(usize::MAX))
+}
+
+async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, Error> {
     let started = Instant::now();
     let shutdown = Shutdown::install().map_err(Error::Runtime)?;
     let clients = pool::Clients::new(&config).map_err(Error::Client)?;
@@ -121,6 +147,16 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
         .spawn(move || reader.read_all(sources, &tx))
         .map_err(Error::Runtime)?;
 
+    let jobs = jobs_within(config.jobs, open_files);
+    let limits = Limits::new(jobs, config.per_host);
+    if jobs < config.jobs && limits.first_to_tell() {
+        let limit = open_files.unwrap_or_default();
+        let downloads = if jobs == 1 { "1 download".to_owned() } else { format!("{jobs} downloads") };
+        reporter.error(&format_args!(
+            "too many open files for --jobs {} (ulimit -n is {limit}): {downloads} at once",
+            config.jobs
+        ));
+    }
     let committer = Committer::start(config.rules.made_dirs()).map_err(Error::Runtime)?;
     // --dir's filesystem has its barrier descriptor before any entry can
     // write there, even one that finds its directory prepared by another.
@@ -129,7 +165,7 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
     }
     let ctx = Arc::new(Context {
         clients,
-        limits: Limits::new(config.jobs, config.per_host),
+        limits,
         committer,
         split: config.split,
         destinations: Keyed::new(1),
@@ -147,7 +183,7 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
     // flat. Downloads waiting for their commit do not count, up to its
     // backlog. At 16 jobs, 20,000 one-byte files took 0.97 s with 80 and
     // 0.80 s with 336 (medians of 8).
-    let lookahead = config.jobs * 16 + 64;
+    let lookahead = jobs * 16 + 64;
 
     let mut summary = Summary::default();
     let mut tasks = JoinSet::new();
@@ -183,7 +219,9 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
         {
             match item {
                 Item::Entry(entry) => {
-                    tasks.spawn(download::download(*entry, ctx.clone()));
+                    // Taken here, in manifest order: slots go by tickets.
+                    let ticket = ctx.limits.ticket(&download::host_key(&entry.url));
+                    tasks.spawn(download::download(*entry, ticket, ctx.clone()));
                 }
                 Item::Invalid { location, error } => {
                     joined(Ok(Some(Outcome::invalid(location, error))), &mut summary)
@@ -214,4 +252,24 @@ async fn run_async(config: Config) -> Result<Summary, Error> {
     summary.interrupted = shutdown.signal();
     reporter.summary(&summary, started.elapsed());
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_fit_the_open_file_limit() {
+        let cases = [
+            (16, Some(1024), 16),
+            (200, Some(64), 16),
+            (200, Some(1 << 20), 200),
+            (8, Some(10), 1),
+            (8, Some(u64::MAX), 8),
+            (8, None, 8),
+        ];
+        for (jobs, open_files, want) in cases {
+            assert_eq!(jobs_within(jobs, open_files), want, "{jobs} jobs, {open_files:?} files");
+        }
+    }
 }

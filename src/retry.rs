@@ -172,6 +172,27 @@ pub fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustl
     }
 }
 
+/// Whether `error` is this process (EMFILE) or the system (ENFILE) out of
+/// file descriptors: a local limit, neither the server's fault nor the
+/// disk's, that fewer downloads at once relieve (see [`crate::download`]).
+pub fn out_of_descriptors(error: &(dyn StdError + 'static)) -> bool {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(err) = current {
+        if let Some(io_err) = err.downcast_ref::<io::Error>() {
+            if matches!(io_err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                return true;
+            }
+            // A wrapped error's source() skips the error it wraps.
+            if let Some(inner) = io_err.get_ref() {
+                current = Some(inner);
+                continue;
+            }
+        }
+        current = err.source();
+    }
+    false
+}
+
 fn io_class(kind: io::ErrorKind) -> Class {
     use io::ErrorKind::*;
     match kind {
@@ -284,6 +305,24 @@ mod tests {
         assert_eq!(lookup_failure(&reset), None);
         let other = io::Error::other("failed to look at something");
         assert_eq!(lookup_failure(&other), None);
+    }
+
+    #[test]
+    fn out_of_descriptors_is_told_apart() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] io::Error);
+        let cases: [(Box<dyn StdError>, bool); 6] = [
+            (Box::new(io::Error::from_raw_os_error(libc::EMFILE)), true),
+            (Box::new(io::Error::from_raw_os_error(libc::ENFILE)), true),
+            (Box::new(Outer(io::Error::from_raw_os_error(libc::EMFILE))), true),
+            (Box::new(io::Error::other(io::Error::from_raw_os_error(libc::EMFILE))), true),
+            (Box::new(io::Error::from_raw_os_error(libc::ENOSPC)), false),
+            (Box::new(Outer(io::Error::from(io::ErrorKind::ConnectionReset))), false),
+        ];
+        for (error, want) in cases {
+            assert_eq!(out_of_descriptors(error.as_ref()), want, "{error:?}");
+        }
     }
 
     #[test]

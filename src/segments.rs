@@ -7,11 +7,19 @@
 //! the start.
 //!
 //! - The first range continues the response that revealed the file's size
-//!   ([`crate::transfer::Attempted::Split`]); the others wait for permits
-//!   from the same `--jobs`/`--per-host` semaphores as whole downloads.
-//! - A worker whose range is done takes the next unclaimed one, else half of
-//!   the largest range still in flight (work stealing), so one slow
-//!   connection does not hold the file back at the end.
+//!   ([`crate::transfer::Attempted::Split`]); the others wait for slots
+//!   from the same [`crate::pool::Limits`] as whole downloads.
+//! - A worker asks for its range a window at a time (about a second of its
+//!   connection's rate, closed `Range: bytes=a-b` requests), and
+//!   reads every response to its end. A worker whose range is done takes
+//!   the next unclaimed one, else half of the largest part of a range that
+//!   nobody has asked for yet (work stealing), so one slow connection holds
+//!   the file back by one window at most.
+//! - No byte is asked for twice, so none is sent twice, but for one
+//!   response: the plain `GET` that revealed the size asked for the whole
+//!   file, and once others take ranges after it, it stops at its range's
+//!   end. The bytes fetched twice are what that one connection had in
+//!   flight when it stopped (its socket buffers), once per file.
 //! - Each range retries on its own, from its own offset, with the run's
 //!   backoff; a range that moved forward resets its retry budget.
 //! - The ranges written so far are recorded in the part file's meta every
@@ -22,6 +30,7 @@
 //!   one plain stream.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -39,8 +48,15 @@ use crate::progress::TransferProgress;
 use crate::retry::Class;
 use crate::transfer::{self, AttemptError, Target};
 
-/// Never split off a piece smaller than this: each costs a request.
+/// Never split off a piece smaller than this: each costs a request. Also
+/// the first window of every worker.
 const MIN_PIECE: u64 = 1 << 20;
+/// A worker asks for what its connection brought in this long on its last
+/// request: long enough that the round trip between two requests costs
+/// little, short enough that a slow connection's last window is short.
+const WINDOW_TIME: Duration = Duration::from_secs(1);
+/// The most a worker asks for in one request.
+const MAX_WINDOW: u64 = 64 << 20;
 /// How often the written ranges are recorded while the download runs.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How often a file on one connection is judged for splitting.
@@ -61,8 +77,12 @@ pub struct SplitPolicy {
 }
 
 /// One range of the file: `start..end`, of which `start..written` is on
-/// disk and `written..next` is in its worker's buffer. A stealer lowers
-/// `end`, never below `next`.
+/// disk, `written..next` is in its worker's buffer and `next..asked` is
+/// asked for by its worker's request in flight. A stealer lowers `end`,
+/// never below `asked`.
+///
+/// The first response asked for the whole file, but keeps `asked` at
+/// `next`: it is the one request that stops short of what it asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Piece {
     start: u64,
@@ -70,17 +90,23 @@ struct Piece {
     /// `start..synced` has been handed to writeback.
     synced: u64,
     next: u64,
+    asked: u64,
     end: u64,
     claimed: bool,
 }
 
 impl Piece {
     fn fresh(start: u64, end: u64) -> Piece {
-        Piece { start, written: start, synced: start, next: start, end, claimed: false }
+        Piece { start, written: start, synced: start, next: start, asked: start, end, claimed: false }
     }
 
     fn left(&self) -> u64 {
         self.end - self.next
+    }
+
+    /// The bytes nobody has asked for: what a stealer may take.
+    fn unasked(&self) -> u64 {
+        self.end - self.asked
     }
 }
 
@@ -101,7 +127,15 @@ impl Table {
             if start > at {
                 pieces.push(Piece::fresh(at, start));
             }
-            pieces.push(Piece { start, written: end, synced: end, next: end, end, claimed: false });
+            pieces.push(Piece {
+                start,
+                written: end,
+                synced: end,
+                next: end,
+                asked: end,
+                end,
+                claimed: false,
+            });
             at = end;
         }
         if at < total {
@@ -122,31 +156,47 @@ impl Table {
     }
 
     /// A piece for a worker: the first one nobody has, else the second half
-    /// of the largest one in flight. `None` when nothing is left to share.
+    /// of the largest part of a piece in flight that its worker has not
+    /// asked for yet. `None` when nothing is left to share.
     fn claim(&mut self) -> Option<usize> {
         if let Some(i) = self.pieces.iter().position(|p| !p.claimed && p.left() > 0) {
             self.pieces[i].claimed = true;
             return Some(i);
         }
-        let i = (0..self.pieces.len()).max_by_key(|&i| self.pieces[i].left())?;
+        let i = (0..self.pieces.len()).max_by_key(|&i| self.pieces[i].unasked())?;
         let victim = self.pieces[i];
-        if victim.left() < 2 * MIN_PIECE {
+        if victim.unasked() < 2 * MIN_PIECE {
             return None;
         }
         // Page-aligned, so both halves write whole pages.
-        let mid = (victim.next + victim.left() / 2) & !4095;
+        let mid = (victim.asked + victim.unasked() / 2) & !4095;
         self.pieces[i].end = mid;
         self.pieces.push(Piece { claimed: true, ..Piece::fresh(mid, victim.end) });
         Some(self.pieces.len() - 1)
     }
 
-    /// Take up to `len` more bytes for piece `i`; says how many, and
-    /// whether the piece is then complete.
-    fn take(&mut self, i: usize, len: u64) -> (u64, bool) {
+    /// The next request of piece `i`'s worker: up to `window` bytes from
+    /// where the piece stands, which no stealer may take from then on.
+    /// `None` when the piece is complete.
+    fn ask(&mut self, i: usize, window: u64) -> Option<Range<u64>> {
         let piece = &mut self.pieces[i];
-        let take = len.min(piece.left());
+        if piece.left() == 0 {
+            return None;
+        }
+        piece.asked = piece.end.min(piece.next + window);
+        Some(piece.next..piece.asked)
+    }
+
+    /// Take up to `len` more bytes for piece `i` from a response that
+    /// stops at `stop`; says how many, and whether that response is then
+    /// done with (at `stop` or at the piece's end, whichever comes first).
+    fn take(&mut self, i: usize, len: u64, stop: u64) -> (u64, bool) {
+        let piece = &mut self.pieces[i];
+        let stop = stop.min(piece.end);
+        let take = len.min(stop - piece.next);
         piece.next += take;
-        (take, piece.left() == 0)
+        piece.asked = piece.asked.max(piece.next);
+        (take, piece.next == stop)
     }
 
     /// The `[start, end)` ranges on disk, merged.
@@ -387,8 +437,9 @@ async fn worker(
 ) -> Result<(), AttemptError> {
     let mut slot = slot;
     let mut buffer = Vec::with_capacity(WRITE_BUFFER);
+    let mut window = MIN_PIECE;
     if let Some((i, response)) = first {
-        fetch_piece(&shared, i, &mut slot, Some(response), &mut buffer).await?;
+        fetch_piece(&shared, i, &mut slot, Some(response), &mut buffer, &mut window).await?;
         shared.table().pieces[i].claimed = false;
     }
     if slot.is_none() {
@@ -398,41 +449,50 @@ async fn worker(
     }
     loop {
         let Some(i) = shared.table().claim() else { return Ok(()) };
-        fetch_piece(&shared, i, &mut slot, None, &mut buffer).await?;
+        fetch_piece(&shared, i, &mut slot, None, &mut buffer, &mut window).await?;
         shared.table().pieces[i].claimed = false;
     }
 }
 
-/// Fetch piece `i` to its (possibly lowered) end, retrying on its own.
+/// Fetch piece `i` to its (possibly lowered) end, a window at a time,
+/// retrying on its own. `window` is the worker's, carried from piece to
+/// piece: its connection's pace.
 async fn fetch_piece(
     shared: &Shared,
     i: usize,
     slot: &mut Option<Slot>,
     mut first: Option<Response>,
     buffer: &mut Vec<u8>,
+    window: &mut u64,
 ) -> Result<(), AttemptError> {
     let ctx = &shared.ctx;
     let mut schedule = ctx.retry.schedule();
     let mut failures = 0;
     loop {
-        let (start, end) = {
-            let table = shared.table();
-            (table.pieces[i].next, table.pieces[i].end)
+        let asked_at = Instant::now();
+        let (range, response) = match first.take() {
+            Some(response) => {
+                let start = shared.table().pieces[i].next;
+                (start..shared.job.total, Ok(response))
+            }
+            None => {
+                let Some(range) = shared.table().ask(i, *window) else { return Ok(()) };
+                let response = request(shared, slot, range.start, range.end - 1).await;
+                (range, response)
+            }
         };
-        if start >= end {
-            return Ok(());
-        }
-        let response = match first.take() {
-            Some(response) => Ok(response),
-            None => request(shared, slot, start, end - 1).await,
-        };
+        let start = range.start;
         let result = match response {
-            Ok(response) => stream(shared, i, response, buffer).await,
+            Ok(response) => stream(shared, i, response, range, buffer).await,
             Err(e) => Err(e),
         };
         flush(shared, i, buffer).map_err(AttemptError::Disk)?;
         let error = match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                let got = shared.table().pieces[i].next - start;
+                *window = next_window(got, asked_at.elapsed());
+                continue;
+            }
             Err(error @ (AttemptError::Cancelled | AttemptError::BadRange(_))) => return Err(error),
             Err(error) => error,
         };
@@ -478,12 +538,22 @@ async fn request(
     }
 }
 
-/// Stream a response into piece `i` until the piece ends (its end may be
-/// lowered by a stealer meanwhile) or the body does.
+/// What a worker asks for next, having received `bytes` in `took` on its
+/// last request: about [`WINDOW_TIME`] at that rate, in whole pages.
+fn next_window(bytes: u64, took: Duration) -> u64 {
+    let rate = bytes as f64 / took.as_secs_f64().max(1e-3);
+    ((rate * WINDOW_TIME.as_secs_f64()) as u64).clamp(MIN_PIECE, MAX_WINDOW) & !4095
+}
+
+/// Stream a response for `range` of the file into piece `i` until the
+/// range or the piece ends (its end may be lowered by a stealer meanwhile,
+/// never below what was asked for, but for the first response) or the body
+/// does.
 async fn stream(
     shared: &Shared,
     i: usize,
     mut response: Response,
+    range: Range<u64>,
     buffer: &mut Vec<u8>,
 ) -> Result<(), AttemptError> {
     // A 206 carries no byte past its Content-Range: bytes beyond it are
@@ -505,7 +575,7 @@ async fn stream(
         if let Some(expected) = span.filter(|&span| body > span) {
             return Err(AttemptError::Overlong { got: body, expected });
         }
-        let (take, complete) = shared.table().take(i, chunk.len() as u64);
+        let (take, complete) = shared.table().take(i, chunk.len() as u64, range.end);
         let bytes = &chunk[..take as usize];
         if bytes.len() >= DIRECT_WRITE {
             // Large chunks (a fast link's) go to the file as they are: a
@@ -525,7 +595,8 @@ async fn stream(
     }
     let table = shared.table();
     let piece = &table.pieces[i];
-    Err(AttemptError::Truncated { got: piece.next - piece.start, expected: piece.end - piece.start })
+    let expected = range.end.min(piece.end) - range.start;
+    Err(AttemptError::Truncated { got: piece.next - range.start, expected })
 }
 
 /// Write the buffered bytes of piece `i` at their offset.
@@ -604,21 +675,81 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_worker_steals_half_of_the_largest_range_in_flight() {
+    fn an_idle_worker_steals_half_of_the_largest_range_nobody_asked_for() {
         let mut t = Table::new(16 * M, &[], 2);
         let a = t.claim().unwrap();
         let b = t.claim().unwrap();
-        assert_eq!(t.take(a, 8 * M), (8 * M, true));
+        assert_eq!(t.ask(a, 8 * M), Some(0..8 * M));
+        assert_eq!(t.take(a, 8 * M, 8 * M), (8 * M, true));
         t.pieces[a].written = 8 * M;
         t.pieces[a].claimed = false;
-        t.take(b, 2 * M);
-        // b has 6 MiB left of 10..16: the thief takes 13..16, b keeps 10..13.
+        assert_eq!(t.ask(a, M), None, "a complete piece asks for nothing");
+        // b asked for 8..10 and has 2 MiB of it: the thief takes half of
+        // 10..16, b keeps 8..13.
+        assert_eq!(t.ask(b, 2 * M), Some(8 * M..10 * M));
+        t.take(b, M, 10 * M);
         let c = t.claim().unwrap();
         assert_eq!((t.pieces[c].start, t.pieces[c].end), (13 * M, 16 * M));
         assert_eq!(t.pieces[b].end, 13 * M);
-        assert_eq!(t.take(b, 10 * M), (3 * M, true), "a victim stops at its new end");
-        // Nothing left worth stealing from a piece with under 2 MiB to go.
-        t.take(c, 2 * M);
+        assert_eq!(t.take(b, 10 * M, 10 * M), (M, true), "a request stops where it asked to");
+        assert_eq!(t.ask(b, 8 * M), Some(10 * M..13 * M), "and the next stops at the new end");
+        // b asked for all it has left, c for 13..15: only 15..16 is free,
+        // under two pieces' worth.
+        t.ask(c, 2 * M);
         assert_eq!(t.claim(), None);
+    }
+
+    #[test]
+    fn no_byte_is_asked_for_twice() {
+        // Workers that ask in windows of every size and steal whenever they
+        // can: the requests never overlap, and together cover the file.
+        for window in [M, 3 * M + 4096, 7 * M, 64 * M] {
+            let mut t = Table::new(64 * M, &[[5 * M, 9 * M]], 4);
+            let mut asked: Vec<Range<u64>> = Vec::new();
+            let mut workers: Vec<usize> = (0..4).filter_map(|_| t.claim()).collect();
+            while !workers.is_empty() {
+                for w in std::mem::take(&mut workers) {
+                    let next = match t.ask(w, window) {
+                        Some(range) => {
+                            // Half a window arrives, then a thief comes by.
+                            let half = (range.end - range.start).div_ceil(2);
+                            t.take(w, half, range.end);
+                            let thief = t.claim();
+                            t.take(w, range.end - range.start, range.end);
+                            asked.push(range);
+                            Some(w).into_iter().chain(thief).collect()
+                        }
+                        None => {
+                            t.pieces[w].claimed = false;
+                            t.claim().into_iter().collect::<Vec<_>>()
+                        }
+                    };
+                    workers.extend(next);
+                }
+                for p in &mut t.pieces {
+                    p.written = p.next;
+                }
+            }
+            asked.sort_by_key(|r| r.start);
+            assert!(asked.windows(2).all(|w| w[0].end <= w[1].start), "{window}: {asked:?}");
+            let bytes: u64 = asked.iter().map(|r| r.end - r.start).sum();
+            assert_eq!(bytes, 60 * M, "{window}");
+            assert!(t.complete(), "{window}");
+        }
+    }
+
+    #[test]
+    fn a_window_is_about_a_second_of_the_last_request() {
+        let cases = [
+            (4 * M, Duration::from_secs(1), 4 * M),
+            (4 * M, Duration::from_secs(2), 2 * M),
+            (M, Duration::from_secs(10), MIN_PIECE),
+            (1 << 40, Duration::from_secs(1), MAX_WINDOW),
+            (M, Duration::ZERO, MAX_WINDOW),
+            (3 * M + 1, Duration::from_secs(1), 3 * M),
+        ];
+        for (bytes, took, want) in cases {
+            assert_eq!(next_window(bytes, took), want, "{bytes} in {took:?}");
+        }
     }
 }

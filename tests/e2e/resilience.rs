@@ -283,10 +283,13 @@ fn ctrl_c_keeps_the_partial_and_exits_130_then_resumes() {
         assert!(!tmp.path().join("big").exists());
         assert!(std::fs::metadata(tmp.path().join("big.fetch-part")).unwrap().len() >= 200_000);
 
-        // Each small file was either started (requested) and reported, or
-        // left for the next run; how many is up to the scheduler.
+        // Each small file was either started and reported, or left for the
+        // next run; how many is up to the scheduler. (An attempt that a
+        // loaded machine's server never saw still counts as started, so the
+        // server's log is an upper bound only for those downloaded.)
         let small: Vec<_> = report.lines().filter(|l| l.contains("\"path\":\"small")).collect();
-        assert_eq!(small.len(), server.requests_to("/small").len(), "{report}");
+        let downloaded = small.iter().filter(|l| l.contains("\"status\":\"downloaded\"")).count();
+        assert!(downloaded <= server.requests_to("/small").len(), "{report}");
         let done = small.iter().filter(|l| l.contains("\"status\":\"downloaded\"")).count();
         server.route("/big", Route::new(body.clone()));
         let out = run(fetch(tmp.path()).arg("m.txt"));

@@ -86,11 +86,18 @@ pub struct Logged {
     pub stalled: bool,
     /// When the response started.
     pub at: std::time::Instant,
+    /// Body bytes sent so far in this response.
+    pub sent: Arc<AtomicUsize>,
 }
 
 impl Logged {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Body bytes sent in this response.
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
     }
 
     /// The `Range` asked for: first byte and last, if any.
@@ -276,6 +283,7 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         }
     };
     let (mut logged_cut, mut stalled) = (None, false);
+    let sent = Arc::new(AtomicUsize::new(0));
     let (response, status) = match route {
         None => plain(StatusCode::NOT_FOUND, "not found"),
         Some((route, status, cut, stall)) => {
@@ -284,7 +292,7 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
             if !route.delay.is_zero() {
                 tokio::time::sleep(route.delay).await;
             }
-            respond(&state, &route, req.headers(), Faults { status, cut, stall }, guard)
+            respond(&state, &route, req.headers(), Faults { status, cut, stall }, guard, sent.clone())
         }
     };
     state.log.lock().unwrap().push(Logged {
@@ -294,6 +302,7 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         cut: logged_cut,
         stalled,
         at: std::time::Instant::now(),
+        sent,
     });
     Ok(response)
 }
@@ -318,6 +327,7 @@ fn respond(
     headers: &HeaderMap,
     faults: Faults,
     guard: InFlight,
+    sent: Arc<AtomicUsize>,
 ) -> (Response<BoxBody>, u16) {
     if let Some((code, retry_after)) = faults.status {
         let (mut response, code) = plain(StatusCode::from_u16(code).unwrap(), "injected status");
@@ -360,6 +370,7 @@ fn respond(
     }
     let body_bytes = route.body.slice(start as usize..end as usize);
     let mut body = FaultBody::new(body_bytes, Some((state.clone(), guard)));
+    body.sent = sent;
     body.cut_at = faults.cut;
     body.stall = faults.stall;
     if let Some((chunk, pause)) = route.throttle {
@@ -434,6 +445,8 @@ struct FaultBody {
     stall: Option<(usize, Duration)>,
     sleep: Option<Pin<Box<Sleep>>>,
     counted: Option<(Arc<Shared>, InFlight)>,
+    /// This response's share of [`Shared::body_bytes`].
+    sent: Arc<AtomicUsize>,
 }
 
 impl FaultBody {
@@ -448,6 +461,7 @@ impl FaultBody {
             stall: None,
             sleep: None,
             counted,
+            sent: Arc::default(),
         }
     }
 }
@@ -501,6 +515,7 @@ impl Body for FaultBody {
         let frame = this.data.slice(this.pos..end);
         if let Some((state, _)) = &this.counted {
             state.body_bytes.fetch_add(frame.len(), Ordering::SeqCst);
+            this.sent.fetch_add(frame.len(), Ordering::SeqCst);
         }
         this.pos = end;
         if !this.pause.is_zero() && this.pos < this.data.len() {
