@@ -64,7 +64,7 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         let reporter = Reporter::new(config.verbosity, progress::Display::Log);
         return Ok(plan::run(config, &reporter));
     }
-    let open_files = raise_open_file_limit();
+    let open_files = sys::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::Runtime)?;
     // On a worker, not the main thread: each finished download wakes the
     // dispatcher, and a wake within the runtime costs no thread switch.
@@ -73,29 +73,6 @@ pub fn run(config: Config) -> Result<Summary, Error> {
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     })
-}
-
-/// Raise the soft limit on open files to the hard one, as Go's runtime
-/// does: a run holds a socket and a file per download in flight, and the
-/// committer a file per entry of its batch (up to [`commit::MAX_BATCH`]),
-/// more than the usual soft limit of 1,024 allows at a high `--jobs`.
-/// Returns the limit the run has, if known.
-#[allow(unsafe_code)]
-fn raise_open_file_limit() -> Option<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit fills the struct it is given; setrlimit reads it.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return None;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, ..limit };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    Some(limit.rlim_cur)
 }
 
 /// Descriptors a run holds besides its downloads': standard streams, the

@@ -25,6 +25,24 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Raise the soft limit on open files to the hard one, as Go's runtime
+/// does: a run holds a socket and a file per download in flight, and the
+/// committer a file per entry of its batch (up to
+/// [`crate::commit::MAX_BATCH`]), more than the usual soft limit of 1,024
+/// allows at a high `--jobs`. Returns the limit the run has (`u64::MAX`
+/// for none).
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit { current: limit.maximum, ..limit };
+    let limit = if limit.current != limit.maximum && setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+        raised
+    } else {
+        limit
+    };
+    Some(limit.current.unwrap_or(u64::MAX))
+}
+
 /// Whether `syncfs` reports write errors: Linux 5.8 and later.
 pub fn syncfs_reports_errors() -> bool {
     let name = rustix::system::uname();
