@@ -35,7 +35,7 @@ pub fn raise_open_file_limit() -> Option<u64> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let raised = Rlimit { current: limit.maximum, ..limit };
-    let limit = if limit.current != limit.maximum && setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+    let limit = if limit.current != limit.maximum && setrlimit(Resource::Nofile, raised).is_ok() {
         raised
     } else {
         limit
