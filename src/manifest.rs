@@ -182,7 +182,7 @@ impl Read for Recount {
 }
 
 /// How lines become items: destination rules and the shard filter.
-/// Clones share the [`Tally`] of the count ahead.
+/// Clones share the `Tally` of the count ahead.
 #[derive(Debug, Clone)]
 pub struct Reader {
     pub rules: Rules,

@@ -65,7 +65,7 @@ enum Lock {
 }
 
 /// Open `name` in `dir` for reading and writing, never through a symlink:
-/// created new, or an existing file of ours ([`ours`]). Anything else under
+/// created new, or an existing file of ours (`ours`). Anything else under
 /// the name is unlinked and reported as `NotFound`.
 fn open_part(dir: &OwnedFd, name: &OsStr, create: bool) -> io::Result<File> {
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -212,7 +212,7 @@ impl Partial {
     }
 
     /// The stored meta, if there is one that parses: a file of ours
-    /// ([`ours`]), reached without a symlink, of at most `META_MAX` bytes.
+    /// (`ours`), reached without a symlink, of at most `META_MAX` bytes.
     pub fn meta(&self) -> Option<Meta> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let file = File::from(rustix::fs::openat(&self.dir, &self.names.meta, flags, Mode::empty()).ok()?);
