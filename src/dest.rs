@@ -304,6 +304,13 @@ impl Rules {
         Ok((handle, made))
     }
 
+    /// Open `dest`'s directory anew for the next entry that needs it: the
+    /// one held was removed.
+    pub fn forget_parent(&self, dest: &Path) {
+        let parent = dest.parent().unwrap_or(Path::new(""));
+        self.handles.lock().expect("handles poisoned").remove(parent);
+    }
+
     /// `parent` relative to `--dir`, where it must stay there: every path
     /// without `-P`.
     fn beneath<'p>(&self, parent: &'p Path) -> Option<&'p Path> {

@@ -143,11 +143,18 @@ pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option
     let mut outcome = Outcome::start(&entry);
     let mut ticket = Some(ticket);
     let mut alone = 0;
+    let mut vanished = false;
     let result = loop {
         let generation = ctx.limits.generation();
         let ticket = ticket.take().unwrap_or_else(|| ctx.limits.ticket(&host_key(&entry.url)));
         let result = run(&entry, ticket, &ctx, &mut outcome).await;
         let Err(error) = &result else { break result };
+        if directory_vanished(error) && !std::mem::replace(&mut vanished, true) {
+            // Removed while the file was on its way, by another run that
+            // found it empty (or by anyone): made again, once.
+            ctx.rules.forget_parent(&entry.dest);
+            continue;
+        }
         if !out_of_descriptors(error) {
             break result;
         }
@@ -193,6 +200,11 @@ pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option
 const OUT_OF_DESCRIPTORS_ALONE: u32 = 3;
 /// How long such an entry waits first, for the committer to catch up.
 const OUT_OF_DESCRIPTORS_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether the commit found its directory removed.
+fn directory_vanished(error: &DownloadError) -> bool {
+    matches!(error, DownloadError::Commit(e) if crate::fsx::DirectoryRemoved::is(e))
+}
 
 /// Whether `error` is a case of running out of file descriptors.
 fn out_of_descriptors(error: &DownloadError) -> bool {

@@ -160,6 +160,31 @@ impl LockedElsewhere {
     }
 }
 
+/// The destination's directory was removed (by another process) while
+/// the file was on its way: nothing can be placed in it any more. Carried
+/// inside an `io::Error`.
+#[derive(Debug, thiserror::Error)]
+#[error("its directory was removed meanwhile ({0})")]
+pub struct DirectoryRemoved(io::Error);
+
+impl DirectoryRemoved {
+    /// Whether `error` is one.
+    pub fn is(error: &io::Error) -> bool {
+        error.get_ref().is_some_and(|inner| inner.is::<DirectoryRemoved>())
+    }
+
+    /// `error`, or a `DirectoryRemoved` carrying it if `dir` has no name
+    /// left (`st_nlink` 0): whatever call failed, that is why.
+    fn check(dir: &OwnedFd, error: io::Error) -> io::Error {
+        match rustix::fs::fstat(dir) {
+            Ok(stat) if stat.st_nlink == 0 => {
+                io::Error::new(io::ErrorKind::NotFound, DirectoryRemoved(error))
+            }
+            _ => error,
+        }
+    }
+}
+
 /// Make a rename in `dir` durable.
 pub fn sync_dir(dir: &impl AsFd) -> io::Result<()> {
     Ok(rustix::fs::fsync(dir)?)

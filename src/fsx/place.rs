@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
 use super::partial::create_part;
-use super::{Committed, Dir, Names, remove_if_exists, remove_meta, sync_dir};
+use super::{Committed, Dir, DirectoryRemoved, Names, remove_if_exists, remove_meta, sync_dir};
 
 /// A finished download.
 #[derive(Debug)]
@@ -36,10 +36,10 @@ impl Complete {
             match unnamed(&dir, &bytes) {
                 Ok((file, dev)) => return Ok(Staged { file, dev, dir, names, part: None }),
                 Err(e) if unnamed_unsupported(&e) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(DirectoryRemoved::check(&dir, e)),
             }
         }
-        let (file, dev) = create_part(&dir, &names)?;
+        let (file, dev) = create_part(&dir, &names).map_err(|e| DirectoryRemoved::check(&dir, e))?;
         let staged = Staged { file, dev, dir, names, part: Some(PartFile { meta_on_disk: false }) };
         match staged.file.write_all_at(&bytes, 0) {
             Ok(()) => Ok(staged),
@@ -156,7 +156,7 @@ impl Staged {
         // A file whose last name is gone cannot be linked again (ENOENT).
         let outcome = result.map_err(|e| match file.metadata() {
             Ok(stat) if stat.nlink() == 0 => replaced(&names.dest),
-            _ => e,
+            _ => DirectoryRemoved::check(&dir, e),
         })?;
         cleanup?;
         if outcome == Committed::Renamed {

@@ -451,3 +451,51 @@ fn a_fifo_swapped_in_above_a_made_directory_does_not_hang_the_run() {
     let output = super::finish(child);
     assert!(output.status.code().is_some(), "hung on the FIFO and was killed");
 }
+
+/// Two runs share a tree: run A made `sub` for an entry that failed, and
+/// removes it, empty, when it ends; run B is meanwhile downloading a small
+/// file into `sub` (still in memory). B's commit finds the directory gone,
+/// makes it again and downloads the file once more, instead of failing.
+#[test]
+fn a_directory_removed_by_another_runs_cleanup_is_made_again() {
+    let server = Server::start();
+    let a_stall = VecDeque::from([(5, Duration::from_millis(500))]);
+    server.route("/a-slow", Route { stalls: a_stall, ..Route::new(&b"0123456789"[..]) });
+    let b_stall = VecDeque::from([(100, Duration::from_secs(6))]);
+    let body = super::content(12, 200);
+    server.route("/b-slow", Route { stalls: b_stall, ..Route::new(body.clone()) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "a.txt",
+        &format!("{} sub/x\n{} other/a\n", server.url("/missing"), server.url("/a-slow")),
+    );
+    write(tmp.path(), "b.txt", &format!("{} sub/y\n", server.url("/b-slow")));
+    let spawn = |manifest: &str| {
+        super::fetch_std(tmp.path())
+            .args(["--dir", "out", "-j", "1", manifest])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn("a.txt");
+    assert!(
+        wait_until(Duration::from_secs(30), || !server.requests_to("/a-slow").is_empty()),
+        "A never started"
+    );
+    let b = spawn("b.txt");
+    assert!(
+        wait_until(Duration::from_secs(30), || !server.requests_to("/b-slow").is_empty()),
+        "B never started"
+    );
+    let a = super::finish(a);
+    assert_eq!(a.status.code(), Some(1), "{}", String::from_utf8_lossy(&a.stderr));
+    let removed = !tmp.path().join("out/sub").exists();
+    let b = super::finish(b);
+    let stderr = String::from_utf8_lossy(&b.stderr);
+    assert!(removed, "A ended after B's stall: the race was not set up");
+    assert_eq!(b.status.code(), Some(0), "{stderr}");
+    assert!(std::fs::read(tmp.path().join("out/sub/y")).unwrap() == body);
+    assert_eq!(server.requests_to("/b-slow").len(), 2, "downloaded once more");
+}
