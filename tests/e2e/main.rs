@@ -89,6 +89,18 @@ pub fn files(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The records of a `--report` file, by destination path.
+pub fn report(path: &Path) -> std::collections::HashMap<String, serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let record: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            (record["path"].as_str().unwrap().to_owned(), record)
+        })
+        .collect()
+}
+
 /// Poll `cond` every 10 ms for at most `limit`.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

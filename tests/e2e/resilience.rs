@@ -458,43 +458,62 @@ fn with_tmpfs(dir: &Path, opts: &str, f: impl FnOnce()) -> bool {
 #[test]
 fn disk_errors_fail_those_entries_only_and_permanently() {
     let server = Server::start();
-    server.file("/small", 1, 1000);
-    server.file("/big", 2, 200_000);
+    let small = server.file("/small", 1, 1000);
+    // Held in memory until it is placed; written while it streams.
+    let big = server.file("/big", 2, 200_000);
+    let large = server.file("/large", 3, 1_000_000);
     let tmp = tempfile::tempdir().unwrap();
     let manifest = format!(
-        "{} ro/small\n{} full/big\n{} ok/small\n",
+        "{} ro/small\n{} full/big\n{} full/large\n{} ok/small\n",
         server.url("/small"),
         server.url("/big"),
+        server.url("/large"),
         server.url("/small")
     );
     write(tmp.path(), "m.txt", &manifest);
     let ro = tmp.path().join("ro");
     let full = tmp.path().join("full");
-    let mut checked = false;
-    let ran = with_tmpfs(&ro, "ro,size=64k", || {
-        with_tmpfs(&full, "size=64k", || {
-            let out = run(fetch(tmp.path()).args(FAST).arg("m.txt"));
+    let fetch_all = || run(fetch(tmp.path()).args(FAST).args(["--report", "r.jsonl", "m.txt"]));
+    // A failed entry: its reason, one attempt, and nothing left where it failed.
+    let failed = |out: &crate::Run, path: &str, reason: &str, dir: &Path| {
+        assert!(out.stderr.contains(&format!("failed      {path}: ")), "{}", out.stderr);
+        let record = &crate::report(&tmp.path().join("r.jsonl"))[path];
+        assert_eq!(record["status"], "failed", "{record}");
+        let error = record["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{path}: {error}");
+        assert_eq!(record["attempts"], 1, "a disk error is permanent: {record}");
+        assert_eq!(files(dir), Vec::<String>::new(), "no partial or destination left in {}", dir.display());
+    };
+    let mounted = with_tmpfs(&ro, "ro,size=64k", || {
+        let both = with_tmpfs(&full, "size=64k", || {
+            let out = fetch_all();
             assert_eq!(out.code, Some(1), "{out:?}");
-            assert!(out.stderr.contains("failed      ro/small: "), "{}", out.stderr);
-            assert!(out.stderr.contains("ead-only file system"), "{}", out.stderr);
-            assert!(out.stderr.contains("failed      full/big: "), "{}", out.stderr);
-            assert!(out.stderr.contains("No space left on device"), "{}", out.stderr);
-            assert!(tmp.path().join("ok/small").exists());
-            assert_eq!(files(&full), Vec::<String>::new(), "no partial or destination on the full disk");
-            // Permanent: one request each, no retries.
+            assert!(out.stderr.contains("1 downloaded, 0 skipped, 3 failed"), "{}", out.stderr);
+            failed(&out, "ro/small", "ead-only file system", &ro);
+            failed(&out, "full/big", "No space left on device", &full);
+            failed(&out, "full/large", "No space left on device", &full);
+            assert_eq!(std::fs::read(tmp.path().join("ok/small")).unwrap(), small);
+            // Permanent: no second request for the full disk's entries.
             assert_eq!(server.requests_to("/big").len(), 1);
-            checked = true;
+            assert_eq!(server.requests_to("/large").len(), 1);
+            assert!(server.requests_to("/small").len() <= 2);
         });
+        assert!(both, "mounted a tmpfs on ro/ but not on full/");
     });
-    if !ran {
-        // Not root: a directory without write permission does the same.
+    if !mounted {
+        // Not root: a directory without write permission does the same;
+        // full/ is an ordinary directory then.
         std::fs::create_dir_all(&ro).unwrap();
         std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
-        let out = run(fetch(tmp.path()).args(FAST).arg("m.txt"));
-        assert!(out.stderr.contains("failed      ro/small: "), "{}", out.stderr);
-        checked = true;
+        let out = fetch_all();
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains("3 downloaded, 0 skipped, 1 failed"), "{}", out.stderr);
+        failed(&out, "ro/small", "Permission denied", &ro);
+        assert_eq!(std::fs::read(tmp.path().join("ok/small")).unwrap(), small);
+        assert_eq!(std::fs::read(tmp.path().join("full/big")).unwrap(), big);
+        assert_eq!(std::fs::read(tmp.path().join("full/large")).unwrap(), large);
+        assert!(server.requests_to("/small").len() <= 2);
     }
-    assert!(checked);
 }
 
 /// `FETCH_SOAK_FILES=500 cargo test soak -- --nocapture` for a longer soak.
