@@ -109,6 +109,8 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     body_bytes: AtomicUsize,
+    /// Connections accepted, TLS handshakes included.
+    connections: AtomicUsize,
     /// Random faults for every route: (percent cut, percent 503, rng state).
     chaos: Mutex<Option<(u32, u32, u64)>>,
     /// What each handler or body that panicked said.
@@ -183,6 +185,7 @@ impl Server {
                 let accept = async {
                     loop {
                         let Ok((stream, _)) = listener.accept().await else { continue };
+                        state.connections.fetch_add(1, Ordering::SeqCst);
                         let tls = tls.clone();
                         let serving = state.clone();
                         let connection = tokio::spawn(async move {
@@ -248,6 +251,11 @@ impl Server {
 
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted, whether or not a request came on them.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Body bytes the server has sent, over all requests.
