@@ -20,7 +20,7 @@ mod sha2_hex {
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(bytes).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = crate::finish(child);
         String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
     }
 }
@@ -102,7 +102,7 @@ fn a_piped_manifest_is_streamed_before_stdin_closes() {
     let still_running = child.try_wait().unwrap().is_none();
     writeln!(stdin, "{}", server.url("/second")).unwrap();
     drop(stdin);
-    let status = child.wait().unwrap();
+    let status = crate::finish(child).status;
     assert!(landed, "the first file must land while stdin is still open");
     assert!(still_running);
     assert_eq!(status.code(), Some(0));

@@ -242,7 +242,7 @@ fn after_kill_9_the_next_run_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut child, body) = start_throttled(&server, tmp.path(), &[], "");
     child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    finish(child);
     assert!(!tmp.path().join("big").exists(), "no destination after kill -9");
     let kept = std::fs::metadata(tmp.path().join("big.fetch-part")).unwrap().len();
     assert!(kept > 0);
@@ -278,7 +278,7 @@ fn ctrl_c_keeps_the_partial_and_exits_130_then_resumes() {
         assert!(status.unwrap().success());
         let exited = wait_until(Duration::from_secs(10), || child.try_wait().unwrap().is_some());
         assert!(exited, "fetch did not stop on SIG{signal}");
-        assert_eq!(child.wait().unwrap().code(), Some(code));
+        assert_eq!(finish(child).status.code(), Some(code));
         let stderr = std::fs::read_to_string(tmp.path().join("stderr.txt")).unwrap();
         let report = std::fs::read_to_string(tmp.path().join("r.jsonl")).unwrap();
         assert!(stderr.contains(" downloaded, 0 skipped, "), "summary printed: {stderr}\n{report}");
@@ -377,8 +377,7 @@ fn two_processes_on_one_manifest_never_share_a_file() {
         "{}",
         out.stderr
     );
-    let output = first.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(finish(first).status.code(), Some(0));
     assert_eq!(std::fs::read(tmp.path().join("big")).unwrap(), body);
     assert_eq!(server.requests_to("/big").len(), 1, "the second process made no request");
 }
@@ -404,7 +403,7 @@ fn a_small_file_interrupted_in_memory_is_kept_for_resume() {
         wait_until(Duration::from_secs(10), || child.try_wait().unwrap().is_some()),
         "fetch did not stop"
     );
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(finish(child).status.code(), Some(130));
     let kept = std::fs::metadata(tmp.path().join("sub/s.fetch-part")).unwrap().len();
     assert!(kept >= 20_000, "{kept} bytes kept");
     assert!(tmp.path().join("sub/s.fetch-part.meta").exists());
