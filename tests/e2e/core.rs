@@ -548,6 +548,10 @@ fn a_connect_that_hangs_fails_after_the_connect_timeout() {
     let out = run(fetch(tmp.path()).args([
         "--connect-timeout",
         "300ms",
+        // Nothing else may time out within fetch()'s 60 s limit (the read
+        // timeout covers a connect too): "timed out" is the connect timeout.
+        "--read-timeout",
+        "10m",
         "--retries",
         "1",
         "--retry-delay",
