@@ -12,6 +12,7 @@ mod resilience;
 mod server;
 mod split;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -90,6 +91,18 @@ pub fn files(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The records of a `--report` file, by destination path.
+pub fn report(path: &Path) -> std::collections::HashMap<String, serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let record: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            (record["path"].as_str().unwrap().to_owned(), record)
+        })
+        .collect()
+}
+
 /// Poll `cond` every 10 ms for at most `limit`.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -103,10 +116,22 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Wait at most a minute for `child` to exit (killing it after that), and
-/// collect what it printed.
+/// collect what it printed. Its pipes are read meanwhile, so a child that
+/// prints more than a pipe holds does not block until it is killed.
 pub fn finish(mut child: std::process::Child) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
     if !wait_until(Duration::from_secs(60), || child.try_wait().unwrap().is_some()) {
         let _ = child.kill();
     }
-    child.wait_with_output().unwrap()
+    let status = child.wait().unwrap();
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }

@@ -4,13 +4,16 @@
 //! redirects, required headers. It logs every request and tracks how many
 //! were in flight at once. Each server runs its own runtime on a thread, so
 //! tests stay plain `#[test]` functions that run the built binary.
+//!
+//! A handler that panics only drops its connection, which `fetch` retries,
+//! so the test could pass: the server records the panic and fails the test
+//! when it is dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -113,8 +116,24 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     body_bytes: AtomicUsize,
+    /// Connections accepted, TLS handshakes included.
+    connections: AtomicUsize,
     /// Random faults for every route: (percent cut, percent 503, rng state).
     chaos: Mutex<Option<(u32, u32, u64)>>,
+    /// What each handler or body that panicked said.
+    panics: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn record_panic(&self, error: tokio::task::JoinError) {
+        let Ok(panic) = error.try_into_panic() else { return };
+        let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+            (Some(text), _) => (*text).to_owned(),
+            (_, Some(text)) => text.clone(),
+            _ => "a panic without a message".to_owned(),
+        };
+        self.panics.lock().unwrap_or_else(PoisonError::into_inner).push(message);
+    }
 }
 
 #[derive(Debug)]
@@ -173,16 +192,24 @@ impl Server {
                 let accept = async {
                     loop {
                         let Ok((stream, _)) = listener.accept().await else { continue };
-                        let state = state.clone();
+                        state.connections.fetch_add(1, Ordering::SeqCst);
                         let tls = tls.clone();
-                        tokio::spawn(async move {
+                        let serving = state.clone();
+                        let connection = tokio::spawn(async move {
                             match tls {
-                                None => serve(state, stream).await,
+                                None => serve(serving, stream).await,
                                 Some(tls) => {
                                     if let Ok(stream) = tls.accept(stream).await {
-                                        serve(state, stream).await;
+                                        serve(serving, stream).await;
                                     }
                                 }
+                            }
+                        });
+                        // A body that panics ends the connection's task.
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = connection.await {
+                                state.record_panic(error);
                             }
                         });
                     }
@@ -233,9 +260,23 @@ impl Server {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted, whether or not a request came on them.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
     /// Body bytes the server has sent, over all requests.
     pub fn body_bytes(&self) -> usize {
         self.shared.body_bytes.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let panics = self.shared.panics.lock().unwrap_or_else(PoisonError::into_inner);
+        if !panics.is_empty() && !std::thread::panicking() {
+            panic!("the test server's handlers panicked: {panics:?}");
+        }
     }
 }
 
@@ -243,13 +284,24 @@ async fn serve<S>(state: Arc<Shared>, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| handle(state.clone(), req));
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        // On a task of its own, so that a panic is recorded before the
+        // connection drops and `fetch` tries again.
+        let handler = tokio::spawn(handle(state.clone(), req));
+        async move {
+            handler.await.map_err(|error| {
+                state.record_panic(error);
+                std::io::Error::other("the handler panicked")
+            })
+        }
+    });
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
 }
 
 type BoxBody = Pin<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send>>;
 
-async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
     let guard = InFlight::enter(&state);
     let path = req.uri().path().to_owned();
     let route = {
@@ -304,7 +356,7 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         at: std::time::Instant::now(),
         sent,
     });
-    Ok(response)
+    response
 }
 
 fn plain(status: StatusCode, text: &'static str) -> (Response<BoxBody>, u16) {
@@ -523,4 +575,22 @@ impl Body for FaultBody {
         }
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }
+}
+
+#[test]
+#[should_panic(expected = "the test server's handlers panicked")]
+fn a_handler_that_panics_fails_the_test() {
+    use crate::{fetch, run, write};
+    // An invalid header name panics in `respond`, the first time only.
+    let panics = Route { headers: vec![("bad name".into(), "x".into())], ..Route::new("ok") };
+    let server = Server::start();
+    server.route("/f", Route { then: Some(Box::new(Route::new("ok"))), ..panics });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &server.url("/f"));
+    // `fetch` retries the dropped connection and succeeds: only the server
+    // knows that something went wrong.
+    let out = run(fetch(tmp.path()).args(["--retry-delay", "10ms", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("f")).unwrap(), "ok");
+    assert_eq!(server.requests_to("/f").len(), 1, "the request that panicked is not logged");
 }
