@@ -551,7 +551,7 @@ fn tree(part_files: bool) -> impl Strategy<Value = Tree> {
     } else {
         prop::sample::select(vec![""])
     };
-    let plant_path = (prop::collection::vec(name.clone(), 1..4), suffix)
+    let plant_path = (prop::collection::vec(name.clone(), 1..3), suffix)
         .prop_map(|(names, suffix)| names.join("/") + suffix);
     let plant = prop::sample::select(vec![
         Plant::Dir,
@@ -570,7 +570,7 @@ fn tree(part_files: bool) -> impl Strategy<Value = Tree> {
     // In memory, and over 256 KiB, which goes through a part file.
     let len = prop_oneof![3 => 0usize..2000, 1 => Just(300_000usize)];
     (
-        prop::collection::vec((plant_path, plant), 0..8),
+        prop::collection::vec((plant_path, plant), 0..10),
         prop::collection::vec((path, len), 1..6),
         any::<bool>(),
         any::<bool>(),
@@ -677,7 +677,7 @@ fn run_tree(server: &Server, case: u64, tree: &Tree, seen: &Mutex<Seen>) -> Resu
     let dir = root.join("dir");
     let before = snapshot(&root, &dir);
 
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fetch"));
+    let mut cmd = fetch();
     cmd.current_dir(&root).args(["--dir", "dir", "--report", "-", "m.txt"]);
     for (on, flag) in [(tree.overwrite, "--overwrite"), (tree.no_resume, "--no-resume")] {
         if on {
@@ -686,9 +686,6 @@ fn run_tree(server: &Server, case: u64, tree: &Tree, seen: &Mutex<Seen>) -> Resu
     }
     if tree.one_job {
         cmd.args(["-j", "1"]);
-    }
-    for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
-        cmd.env_remove(var);
     }
     let out = cmd.output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -720,6 +717,17 @@ fn run_tree(server: &Server, case: u64, tree: &Tree, seen: &Mutex<Seen>) -> Resu
         }
     }
     Ok(())
+}
+
+/// The built binary, with no proxy from the environment, killed after a
+/// minute (a hang fails the case instead of the whole test run).
+fn fetch() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_fetch"));
+    cmd.timeout(std::time::Duration::from_secs(60));
+    for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 
 /// Outcomes over all cases, to show that they reached both sides.
@@ -758,6 +766,10 @@ fn nothing_is_written_outside_dir_through_planted_symlinks() {
 
 /// The same with symlinks planted at part and meta names too: fails on
 /// 71720e7 (issue 15, item 1), for the directory-handle rewrite to pass.
+/// Smallest case found: `dir/b.fetch-part` a symlink to a file outside,
+/// one entry `URL b` with an empty body, no flags: the outside file is
+/// truncated. A dangling one, with a body over 256 KiB, spins until the
+/// minute's timeout (item 2).
 #[test]
 #[ignore = "issue 15 item 1: part and meta files are opened through symlinks"]
 fn nothing_is_written_outside_dir_through_symlinked_part_files() {
@@ -814,13 +826,7 @@ fn a_header_given_twice_in_a_line_is_refused() {
     .map(|line| line.replace("URL", &url) + "\n")
     .concat();
     std::fs::write(tmp.path().join("m.txt"), manifest).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fetch"))
-        .current_dir(tmp.path())
-        .args(["--dir", "out", "m.txt"])
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
-        .output()
-        .unwrap();
+    let out = fetch().current_dir(tmp.path()).args(["--dir", "out", "m.txt"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     for (line, name) in [(1, "authorization"), (2, "x-a")] {
