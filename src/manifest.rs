@@ -6,7 +6,7 @@
 //! Every item carries its [`Location`] (`MANIFEST:LINE`, lines counted from 1
 //! including comments and blank lines) so errors can name it.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
@@ -574,7 +574,33 @@ struct JsonLine {
     size: Option<u64>,
     sha256: Option<String>,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: HeaderFields,
+}
+
+/// A line's `headers` in the order given, none dropped: a name given twice
+/// (`x-a` and `X-A`, or the same key twice, which a map would keep one of)
+/// is refused rather than sent twice or silently lost.
+#[derive(Default)]
+struct HeaderFields(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for HeaderFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = HeaderFields;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of header names and values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<HeaderFields, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = map.next_entry()? {
+                    fields.push(field);
+                }
+                Ok(HeaderFields(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 /// Parse one line: `Ok(None)` for blank lines and comments.
@@ -587,11 +613,16 @@ pub fn parse_line(line: &str, rules: &Rules) -> Result<Option<Spec>, LineError> 
         let json: JsonLine = serde_json::from_str(line)
             .map_err(|e| LineError::Json(crate::redact::json_error(&e.to_string())))?;
         let sha256 = json.sha256.as_deref().map(parse_sha256).transpose()?;
-        let headers = json
+        let headers: Vec<_> = json
             .headers
+            .0
             .into_iter()
             .map(|(name, value)| parse_header(name, &value))
             .collect::<Result<_, _>>()?;
+        let mut seen = HashSet::new();
+        if let Some((name, _)) = headers.iter().find(|(name, _)| !seen.insert(name)) {
+            return Err(LineError::Header { name: name.to_string(), reason: "given more than once" });
+        }
         (parse_url(&json.url)?, json.path, json.size, sha256, headers)
     } else {
         let (url, path) = split_plain(line)?;
