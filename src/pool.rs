@@ -254,15 +254,20 @@ impl Line {
             if self.in_use >= self.jobs {
                 break;
             }
-            let busy = self.busy.get(&waiter.host).copied().unwrap_or(0);
-            if self.per_host.is_some_and(|cap| busy >= cap) {
+            // Hosts are counted only under --per-host: without it the
+            // count would cost every entry a map lookup and a host string.
+            if let Some(cap) = self.per_host
+                && self.busy.get(&waiter.host).copied().unwrap_or(0) >= cap
+            {
                 continue;
             }
             if waiter.wake.is_none() {
                 break;
             }
             self.in_use += 1;
-            *self.busy.entry(waiter.host.clone()).or_default() += 1;
+            if self.per_host.is_some() {
+                *self.busy.entry(waiter.host.clone()).or_default() += 1;
+            }
             served.push(number);
         }
         for number in served {

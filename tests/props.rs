@@ -22,10 +22,10 @@ mod server;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use fetch::dest::{Rules, name_from_url};
+use fetch::dest::{DestError, Rules, name_from_url};
 use fetch::manifest::{Item, Reader, Source, Spec, parse_line};
 use proptest::prelude::*;
 use proptest::test_runner::{RngSeed, TestRunner};
@@ -337,7 +337,10 @@ fn print_json(spec: &Spec) -> String {
 fn print_text(spec: &Spec) -> Vec<String> {
     let plain = spec.size.is_none() && spec.sha256.is_none() && spec.headers.is_empty();
     let mut lines = Vec::new();
-    if plain && spec.path == spec.path.trim() && !spec.path.contains('\n') {
+    // A path with a tab or a run of spaces reads as an ambiguous split
+    // after one space (the URL may have had a space): JSON carries it.
+    let one_gap = !spec.path.chars().any(|c| c.is_whitespace() && c != ' ') && !spec.path.contains("  ");
+    if plain && spec.path == spec.path.trim() && one_gap {
         lines.push(format!("{} {}", spec.url, spec.path));
     }
     if plain && name_from_url(&spec.url).as_deref() == Ok(&spec.path) {
@@ -407,9 +410,13 @@ proptest! {
     fn names_from_urls_are_one_plain_name(url in url_text(), dir in dir()) {
         let Ok(url) = Url::parse(&url) else { return Ok(()) };
         if let Ok(name) = name_from_url(&url) {
-            let dest = rules(&dir, false)
-                .resolve(&name)
-                .map_err(|e| TestCaseError::fail(format!("{name:?}: {e}")))?;
+            // A name fetch keeps for its partial files, or longer than a
+            // filesystem takes, is refused as any path would be.
+            let refused = |e: &DestError| matches!(e, DestError::Reserved(..) | DestError::NameTooLong(_));
+            let dest = match rules(&dir, false).resolve(&name) {
+                Err(e) if refused(&e) => return Ok(()),
+                other => other.map_err(|e| TestCaseError::fail(format!("{name:?}: {e}")))?,
+            };
             prop_assert_eq!(inside(&dest, &dir).map_err(TestCaseError::fail)?, vec![name.as_str()]);
         }
     }
@@ -491,9 +498,8 @@ enum Kind {
 
 /// What the reader makes of `bytes`: (line number, entry path or invalid).
 fn read(bytes: &[u8], rules: &Rules) -> Vec<(u64, Kind)> {
-    let reader = Reader { rules: rules.clone(), shard: None };
-    let source =
-        Source { name: Arc::from("m"), path: None, reader: Box::new(std::io::Cursor::new(bytes.to_vec())) };
+    let reader = Reader::new(rules.clone(), None);
+    let source = Source::stream("m", Box::new(std::io::Cursor::new(bytes.to_vec())));
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let thread = std::thread::spawn(move || reader.read_all(vec![source], &tx));
     let mut items = Vec::new();
@@ -771,7 +777,6 @@ fn nothing_is_written_outside_dir_through_planted_symlinks() {
 /// truncated. A dangling one, with a body over 256 KiB, spins until the
 /// minute's timeout (item 2).
 #[test]
-#[ignore = "issue 15 item 1: part and meta files are opened through symlinks"]
 fn nothing_is_written_outside_dir_through_symlinked_part_files() {
     e2e(true);
 }

@@ -566,3 +566,22 @@ fn a_connect_that_hangs_fails_after_the_connect_timeout() {
     assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
     drop(listener);
 }
+
+/// The test server itself: a handler that panics fails the test, even when
+/// `fetch` retries the dropped connection and succeeds.
+#[test]
+#[should_panic(expected = "the test server's handlers panicked")]
+fn a_handler_that_panics_fails_the_test() {
+    // An invalid header name panics in `respond`, the first time only.
+    let panics = Route { headers: vec![("bad name".into(), "x".into())], ..Route::new("ok") };
+    let server = Server::start();
+    server.route("/f", Route { then: Some(Box::new(Route::new("ok"))), ..panics });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &server.url("/f"));
+    // `fetch` retries the dropped connection and succeeds: only the server
+    // knows that something went wrong.
+    let out = run(fetch(tmp.path()).args(["--retry-delay", "10ms", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("f")).unwrap(), "ok");
+    assert_eq!(server.requests_to("/f").len(), 1, "the request that panicked is not logged");
+}
