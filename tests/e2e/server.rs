@@ -91,6 +91,10 @@ pub struct Logged {
     pub at: std::time::Instant,
     /// Body bytes sent so far in this response.
     pub sent: Arc<AtomicUsize>,
+    /// What each response logged before this one had sent of its body when
+    /// this one started: (path, bytes), in the order they were logged. It
+    /// tells what was done when a request came, whatever the clock.
+    pub earlier_sent: Vec<(String, usize)>,
 }
 
 impl Logged {
@@ -347,7 +351,9 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody>
             respond(&state, &route, req.headers(), Faults { status, cut, stall }, guard, sent.clone())
         }
     };
-    state.log.lock().unwrap().push(Logged {
+    let mut log = state.log.lock().unwrap();
+    let earlier_sent = log.iter().map(|l| (l.path.clone(), l.sent())).collect();
+    log.push(Logged {
         path,
         headers: req.headers().clone(),
         status,
@@ -355,7 +361,9 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody>
         stalled,
         at: std::time::Instant::now(),
         sent,
+        earlier_sent,
     });
+    drop(log);
     response
 }
 
