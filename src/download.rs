@@ -274,15 +274,17 @@ async fn run(
     if !ctx.overwrite && !unknown && ctx.rules.may_have_placed(dest) && exists(dest) {
         return Ok(Done::Skipped(SkipReason::Exists));
     }
-    let parent = ctx.rules.prepare_parent(dest)?;
-    if parent.first {
-        ctx.committer.watch(&parent.handle);
-    }
-
     let Some(slot) = ctx.shutdown.unless_cancelled(ticket.slot()).await else {
         return Ok(Done::NotStarted);
     };
     let mut slot = Some(slot);
+    // Opened with a slot, not before: the entries waiting in the lookahead
+    // hold no directory descriptors (with `ulimit -n 20` those alone ran
+    // the run out of them).
+    let parent = ctx.rules.prepare_parent(dest)?;
+    if parent.first {
+        ctx.committer.watch(&parent.handle);
+    }
 
     let partial_error = |source| DownloadError::Partial { path: crate::fsx::part_paths(dest).0, source };
     let mut partial =
