@@ -282,7 +282,7 @@ impl HeaderArg {
 }
 
 /// A header as `Name: Value`. The value is kept private to Debug output:
-/// header values are treated as secrets everywhere (SPEC "Output").
+/// header values are treated as secrets everywhere (docs/contract.md, "Secrets and terminals").
 #[derive(Clone, PartialEq, Eq)]
 pub struct HeaderLine {
     pub name: String,

@@ -1,5 +1,5 @@
-//! What text may be shown. Secrets are never printed or reported (SPEC
-//! "Output"): URL passwords are
+//! What text may be shown. Secrets are never printed or reported
+//! (docs/contract.md, "Secrets and terminals"): URL passwords are
 //! replaced by `***`. Header values never reach output at all; the types
 //! that carry them ([`crate::cli::HeaderLine`], sensitive `HeaderValue`s)
 //! redact their own Debug output, and errors about them do not quote them.

@@ -1,7 +1,7 @@
 //! What became of each entry: the [`Outcome`] record, the run's
 //! [`Summary`] and exit status, and the JSON Lines report (`--report`).
 //!
-//! Exit statuses live here and only here (SPEC "Exit status"). The report is
+//! Exit statuses live here and only here (docs/contract.md, "Exit status"). The report is
 //! written one line per finished entry and flushed each time, so a crash
 //! loses at most the entries still in flight.
 

@@ -59,7 +59,7 @@ pub enum Class {
     Permanent,
 }
 
-/// Statuses worth retrying (SPEC "Retries and resume").
+/// Statuses worth retrying (docs/contract.md, "Retries and resume").
 pub fn status_class(status: StatusCode) -> Class {
     match status.as_u16() {
         // Request Timeout, Too Many Requests: the server asks us to come back.

@@ -358,10 +358,9 @@ pub async fn run(
                 // A file that gets under half its share of what its host
                 // sends is losing a race with the host's other transfers:
                 // the bottleneck is what they share (CPU, disk, a link),
-                // which more connections cannot widen. On loopback, four
-                // 256 MiB files split one that fell behind in about half
-                // the runs, and took 0.73 s against 0.65 s unsplit (medians
-                // of 6). Files from other hosts do not count: a host that
+                // which more connections cannot widen: splitting one made
+                // four 256 MiB files slower on loopback (commit 03ba2e3).
+                // Files from other hosts do not count: a host that
                 // caps each connection is slow next to any other, and it
                 // is the one that splitting speeds up.
                 let (host_bytes, transfers) = shared.progress.host_traffic();
@@ -613,13 +612,8 @@ fn flush(shared: &Shared, i: usize, buffer: &mut Vec<u8>) -> std::io::Result<()>
 /// their offset, through the page cache, starting writeback every
 /// [`WRITEBACK_EVERY`] so that the disk works while the network does.
 ///
-/// Direct I/O (`O_DIRECT`) was measured instead, on the benchmark's VM:
-/// 1 MiB aligned blocks written by blocking threads, one filling while
-/// the other is written. It saved 5-10% of the CPU time of `large` but
-/// took 0.57-0.75 s (two runs of three over 0.73 s) against 0.59-0.63 s,
-/// each write waiting 4 ms (median) for a disk that four parallel
-/// `dd oflag=direct` keep busy for 0.61-0.64 s per GiB: the writeback
-/// started here already keeps it that busy.
+/// Direct I/O (`O_DIRECT`) was measured instead and was slower: the
+/// writeback started here already keeps the disk busy (commit be9884a).
 fn write_at(shared: &Shared, i: usize, bytes: &[u8]) -> std::io::Result<()> {
     let at = shared.table().pieces[i].written;
     let result = shared.file.write_all_at(bytes, at);

@@ -12,7 +12,7 @@ pub enum Signal {
 }
 
 impl Signal {
-    /// 128 + the signal number, as shells report it (SPEC "Exit status").
+    /// 128 + the signal number, as shells report it (docs/contract.md, "Exit status").
     pub fn exit_code(self) -> u8 {
         match self {
             Signal::Interrupt => 130,

@@ -38,7 +38,8 @@ use crate::retry::{self, Class, LookupFailure};
 use crate::segments::SplitPolicy;
 use crate::shutdown::Shutdown;
 
-/// A chain of this many redirects succeeds; one more is an error (SPEC).
+/// A chain of this many redirects succeeds; one more is an error, as curl
+/// and wget count them.
 pub const MAX_REDIRECTS: usize = 10;
 
 /// What one download has established so far, carried across attempts.
