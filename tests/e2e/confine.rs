@@ -14,6 +14,13 @@ use super::{Route, Server, fetch, files, run, wait_until, write};
 /// A file outside `--dir` that a hostile link points at.
 const VICTIM: &[u8] = b"victim: must never change";
 
+/// `fetch ARGS` in `dir`, running, its output piped for [`super::finish`].
+fn spawn(dir: &Path, args: &[&str]) -> std::process::Child {
+    let mut cmd = super::fetch_std(dir);
+    cmd.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.spawn().unwrap()
+}
+
 /// What can stand under a part or meta file's name.
 #[derive(Debug, Clone, Copy)]
 enum Plant {
@@ -115,12 +122,7 @@ fn a_directory_swapped_for_a_symlink_mid_download_keeps_the_file_inside() {
         let outside = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("out/sub")).unwrap();
         write(tmp.path(), "m.txt", &format!("{} sub/f\n", server.url("/slow")));
-        let child = super::fetch_std(tmp.path())
-            .args(["--dir", "out", "m.txt"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn(tmp.path(), &["--dir", "out", "m.txt"]);
         let stalled = wait_until(Duration::from_secs(30), || server.body_bytes() >= stall_at);
         assert!(stalled, "the download never reached its stall");
         std::fs::rename(tmp.path().join("out/sub"), tmp.path().join("out/sub.old")).unwrap();
@@ -262,12 +264,7 @@ fn the_cleanup_of_a_swapped_directory_removes_nothing_outside() {
     std::fs::create_dir(outside.path().join("b")).unwrap();
     let line = format!("{{\"url\": \"{}\", \"path\": \"a/b/x.bin\", \"size\": 999}}\n", server.url("/short"));
     write(tmp.path(), "m.txt", &line);
-    let child = super::fetch_std(tmp.path())
-        .args(["--dir", "out", "m.txt"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(tmp.path(), &["--dir", "out", "m.txt"]);
     assert!(wait_until(Duration::from_secs(30), || server.body_bytes() >= 5), "never stalled");
     std::fs::rename(tmp.path().join("out/a"), tmp.path().join("out/a.old")).unwrap();
     symlink(outside.path(), tmp.path().join("out/a")).unwrap();
@@ -364,12 +361,7 @@ fn a_part_file_swapped_before_the_commit_is_never_placed() {
         server.route("/slow", Route { stalls, ..Route::new(body.clone()) });
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "m.txt", &format!("{} f\n", server.url("/slow")));
-        let mut cmd = super::fetch_std(tmp.path());
-        cmd.arg("m.txt").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-        if overwrite {
-            cmd.arg("--overwrite");
-        }
-        let child = cmd.spawn().unwrap();
+        let child = spawn(tmp.path(), if overwrite { &["m.txt", "--overwrite"][..] } else { &["m.txt"] });
         let part = tmp.path().join("f.fetch-part");
         assert!(wait_until(Duration::from_secs(30), || server.body_bytes() >= size - 1024 && part.exists()));
         write(tmp.path(), "evil", "EVIL");
@@ -436,12 +428,7 @@ fn a_fifo_swapped_in_above_a_made_directory_does_not_hang_the_run() {
     server.route("/slow", Route { stalls, ..Route::new(super::content(11, 4096)) });
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "m.txt", &format!("{} a/b/f\n", server.url("/slow")));
-    let child = super::fetch_std(tmp.path())
-        .args(["--dir", "out", "m.txt"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(tmp.path(), &["--dir", "out", "m.txt"]);
     assert!(wait_until(Duration::from_secs(30), || server.body_bytes() >= 2048), "never stalled");
     std::fs::rename(tmp.path().join("out/a"), tmp.path().join("out/a.moved")).unwrap();
     assert!(
@@ -471,20 +458,13 @@ fn a_directory_removed_by_another_runs_cleanup_is_made_again() {
         &format!("{} sub/x\n{} other/a\n", server.url("/missing"), server.url("/a-slow")),
     );
     write(tmp.path(), "b.txt", &format!("{} sub/y\n", server.url("/b-slow")));
-    let spawn = |manifest: &str| {
-        super::fetch_std(tmp.path())
-            .args(["--dir", "out", "-j", "1", manifest])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let a = spawn("a.txt");
+    let start = |manifest: &str| spawn(tmp.path(), &["--dir", "out", "-j", "1", manifest]);
+    let a = start("a.txt");
     assert!(
         wait_until(Duration::from_secs(30), || !server.requests_to("/a-slow").is_empty()),
         "A never started"
     );
-    let b = spawn("b.txt");
+    let b = start("b.txt");
     assert!(
         wait_until(Duration::from_secs(30), || !server.requests_to("/b-slow").is_empty()),
         "B never started"
