@@ -13,9 +13,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use crate::cli::{Cli, HeaderArg, HeaderLine, ProgressMode};
 use crate::dest::{Rules, create_dirs};
 use crate::manifest::Source;
-use crate::progress::{Display, Verbosity};
 use crate::retry::RetryPolicy;
-use crate::segments::SplitPolicy;
 use crate::shard::Shard;
 
 #[derive(Debug)]
@@ -40,6 +38,45 @@ pub struct Config {
     pub report: Option<PathBuf>,
     pub dry_run: bool,
     pub shard: Option<Shard>,
+}
+
+/// When and how widely to split (`--split-size`,
+/// `--max-connections-per-file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitPolicy {
+    pub min_size: u64,
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Failures and the summary only.
+    Quiet,
+    /// One line per finished entry.
+    Normal,
+    /// Also each attempt and retry.
+    Verbose,
+}
+
+impl Verbosity {
+    pub fn from_flags(quiet: bool, verbose: bool) -> Verbosity {
+        match (quiet, verbose) {
+            (true, _) => Verbosity::Quiet,
+            (false, true) => Verbosity::Verbose,
+            (false, false) => Verbosity::Normal,
+        }
+    }
+}
+
+/// How progress is shown, after `auto` has been decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    Log,
+    /// Bars; `forced` draws them even when stderr is not a terminal.
+    Bar {
+        forced: bool,
+    },
+    None,
 }
 
 /// A command line that cannot run: exit status 2.

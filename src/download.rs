@@ -20,6 +20,7 @@ use reqwest::header::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::commit::Committer;
+use crate::config::SplitPolicy;
 use crate::dest::{PrepareError, Rules};
 use crate::fsx::{Committed, LockedElsewhere, Opened, Partial};
 use crate::manifest::{Entry, LineError, Location};
@@ -29,7 +30,7 @@ use crate::progress::TransferProgress;
 use crate::redact;
 use crate::report::{Outcome, SkipReason, Status};
 use crate::retry::{self, Class, RetryPolicy};
-use crate::segments::{self, SplitPolicy};
+use crate::segments;
 use crate::shutdown::Shutdown;
 use crate::transfer::{self, AttemptError, Attempted, State, Target};
 

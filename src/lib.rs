@@ -61,7 +61,7 @@ pub enum Error {
 /// Run the downloads that `config` describes.
 pub fn run(config: Config) -> Result<Summary, Error> {
     if config.dry_run {
-        let reporter = Reporter::new(config.verbosity, progress::Display::Log);
+        let reporter = Reporter::new(config.verbosity, config::Display::Log);
         return Ok(plan::run(config, &reporter));
     }
     let open_files = sys::raise_open_file_limit();
@@ -110,7 +110,7 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
     // background, when all are regular files (read at their own offset:
     // a pipe or FIFO cannot be read twice, so its total stays unknown).
     let recounts: Option<Vec<_>> = config.sources.iter().map(manifest::Source::recount).collect();
-    if let (progress::Display::Bar { .. }, Some(recounts)) = (config.display, recounts) {
+    if let (config::Display::Bar { .. }, Some(recounts)) = (config.display, recounts) {
         let reporter = reporter.clone();
         reader.spawn_count(recounts, move |total| reporter.set_total(total));
     }

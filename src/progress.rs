@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
+use crate::config::{Display, Verbosity};
 use crate::redact;
 use crate::report::{Outcome, Status, Summary};
 
@@ -41,37 +42,6 @@ pub const LARGE: u64 = 1024 * 1024;
 /// At most this many per-download bars at once.
 const SLOT_BARS: usize = 8;
 const UNKNOWN: u64 = u64::MAX;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verbosity {
-    /// Failures and the summary only.
-    Quiet,
-    /// One line per finished entry.
-    Normal,
-    /// Also each attempt and retry.
-    Verbose,
-}
-
-impl Verbosity {
-    pub fn from_flags(quiet: bool, verbose: bool) -> Verbosity {
-        match (quiet, verbose) {
-            (true, _) => Verbosity::Quiet,
-            (false, true) => Verbosity::Verbose,
-            (false, false) => Verbosity::Normal,
-        }
-    }
-}
-
-/// How progress is shown, after `auto` has been decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Display {
-    Log,
-    /// Bars; `forced` draws them even when stderr is not a terminal.
-    Bar {
-        forced: bool,
-    },
-    None,
-}
 
 #[derive(Debug, Default)]
 struct Counters {

@@ -68,14 +68,6 @@ const SPLIT_WORTH: Duration = Duration::from_secs(2);
 /// Bytes a worker gathers before one positional write.
 const WRITE_BUFFER: usize = 256 * 1024;
 
-/// When and how widely to split (`--split-size`,
-/// `--max-connections-per-file`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SplitPolicy {
-    pub min_size: u64,
-    pub connections: usize,
-}
-
 /// One range of the file: `start..end`, of which `start..written` is on
 /// disk, `written..next` is in its worker's buffer and `next..asked` is
 /// asked for by its worker's request in flight. A stealer lowers `end`,

@@ -30,12 +30,12 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Response, StatusCode, Url};
 use sha2::{Digest, Sha256};
 
+use crate::config::SplitPolicy;
 use crate::fsx::{Meta, Partial};
 use crate::pool::Clients;
 use crate::progress::TransferProgress;
 use crate::redact;
 use crate::retry::{self, Class, LookupFailure};
-use crate::segments::SplitPolicy;
 use crate::shutdown::Shutdown;
 
 /// A chain of this many redirects succeeds; one more is an error, as curl
