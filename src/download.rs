@@ -1,125 +1,48 @@
 //! One manifest entry from start to [`Outcome`]: skip if the destination
 //! exists, lock its partial file, decide whether the bytes already there can
-//! be resumed, run attempts with backoff until one succeeds or the failure is
-//! permanent, verify, and commit.
+//! be resumed, run attempts until one succeeds or the failure stands,
+//! verify, and commit.
 //!
 //! A large file on a server that takes ranges is handed to
 //! [`crate::segments`] once its first response shows that; if the server
 //! then misbehaves with ranges, the file restarts here as one stream.
 //!
-//! The retry budget (`--retries`) counts consecutive attempts that brought
-//! no new bytes: an attempt that moved the file forward resets it, so a large
-//! file over a link that drops every minute still finishes, while a server
-//! that never makes progress is given up on after `--retries` waits.
+//! Every failed attempt passes through [`Net::retry`], which ranged
+//! transfers use too. What becomes of the partial file when the entry
+//! fails is decided in one place, [`settle`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::commit::Committer;
-use crate::config::SplitPolicy;
-use crate::dest::{PrepareError, Rules};
-use crate::fsx::{Committed, LockedElsewhere, Opened, Partial};
-use crate::manifest::{Entry, LineError, Location};
-use crate::pool::{Clients, Keyed, Limits, Slot, Ticket};
-use crate::progress::Reporter;
+use crate::dest::Rules;
+use crate::error::{AttemptError, DownloadError};
+use crate::fsx::{Committed, Opened, Partial};
+use crate::manifest::{Entry, LineError};
+use crate::net::{Failure, Net, Stop};
+use crate::pool::{Keyed, KeyedPermit, Slot, Ticket};
 use crate::progress::TransferProgress;
 use crate::redact;
 use crate::report::{Outcome, SkipReason, Status};
-use crate::retry::{self, Class, RetryPolicy};
+use crate::retry::{self, Budget, Class};
 use crate::segments;
-use crate::shutdown::Shutdown;
-use crate::transfer::{self, AttemptError, Attempted, State, Target};
+use crate::transfer::{self, Attempted, State, Target};
 
 /// What every download of a run shares.
 #[derive(Debug)]
 pub struct Context {
-    pub clients: Clients,
-    pub limits: Limits,
+    pub net: Arc<Net>,
     pub committer: Committer,
-    pub split: Option<SplitPolicy>,
     /// One in-flight download per destination within this run.
     pub destinations: Keyed<PathBuf>,
     pub rules: Rules,
     pub headers: HeaderMap,
-    pub retry: RetryPolicy,
     pub overwrite: bool,
     pub resume: bool,
-    pub reporter: Arc<Reporter>,
-    pub shutdown: Shutdown,
-}
-
-/// Why an entry failed, after classification.
-#[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
-    #[error("{location}: {error}")]
-    Invalid { location: Location, error: LineError },
-    #[error(transparent)]
-    Attempt(#[from] AttemptError),
-    #[error(transparent)]
-    Prepare(#[from] PrepareError),
-    #[error("cannot use the partial file {}: {source}", path.display())]
-    Partial { path: PathBuf, source: std::io::Error },
-    #[error("cannot move the finished file into place: {0}")]
-    Commit(std::io::Error),
-    #[error("sha256 mismatch: the manifest says {expected}, the file has {actual}")]
-    Checksum { expected: String, actual: String },
-    #[error("size mismatch: the manifest says {expected} bytes, the server sent {actual}")]
-    Size { expected: u64, actual: u64 },
-}
-
-impl DownloadError {
-    /// Another fetch process took the part file after this one looked for
-    /// it (see [`Partial::open`]): that process has the entry.
-    fn is_locked_by_other_process(&self) -> bool {
-        match self {
-            DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => {
-                LockedElsewhere::is(e)
-            }
-            DownloadError::Partial { source, .. } => LockedElsewhere::is(source),
-            _ => false,
-        }
-    }
-}
-
-impl Outcome {
-    fn start(entry: &Entry) -> Outcome {
-        Outcome {
-            url: Some(redact::url(&entry.url)),
-            path: entry.dest.clone(),
-            status: Status::Failed,
-            skip: None,
-            error: None,
-            bytes: 0,
-            received: 0,
-            attempts: 0,
-            http_status: None,
-            elapsed: Default::default(),
-            transfer: None,
-            resumed_from: 0,
-        }
-    }
-
-    /// The record of a manifest line that is not a valid entry.
-    pub fn invalid(location: Location, error: LineError) -> Outcome {
-        Outcome {
-            url: None,
-            path: PathBuf::from(location.to_string()),
-            status: Status::Failed,
-            skip: None,
-            error: Some(DownloadError::Invalid { location, error }),
-            bytes: 0,
-            received: 0,
-            attempts: 0,
-            http_status: None,
-            elapsed: Default::default(),
-            transfer: None,
-            resumed_from: 0,
-        }
-    }
 }
 
 /// The `--per-host` key of `url`: host and port.
@@ -136,63 +59,49 @@ pub fn host_key(url: &reqwest::Url) -> String {
 ///
 /// Out of file descriptors (EMFILE, ENFILE), wherever that happened (the
 /// connection, the part file, the commit), the entry is not failed: the run
-/// goes on with fewer downloads at once ([`Limits::lower`]) and the entry
-/// starts over, resuming what it wrote, for as long as other downloads or
-/// commits hold descriptors that they will give back.
+/// goes on with fewer downloads at once ([`crate::pool::Limits::lower`])
+/// and the entry starts over, resuming what it wrote, for as long as other
+/// downloads or commits hold descriptors that they will give back.
 pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option<Outcome> {
     let started = Instant::now();
     let mut outcome = Outcome::start(&entry);
     let mut ticket = Some(ticket);
     let mut alone = 0;
     let mut vanished = false;
+    let limits = &ctx.net.limits;
     let result = loop {
-        let generation = ctx.limits.generation();
-        let ticket = ticket.take().unwrap_or_else(|| ctx.limits.ticket(&host_key(&entry.url)));
+        let generation = limits.generation();
+        let ticket = ticket.take().unwrap_or_else(|| limits.ticket(&host_key(&entry.url)));
         let result = run(&entry, ticket, &ctx, &mut outcome).await;
         let Err(error) = &result else { break result };
-        if directory_vanished(error) && !std::mem::replace(&mut vanished, true) {
+        if error.is_directory_removed() && !std::mem::replace(&mut vanished, true) {
             // Removed while the file was on its way, by another run that
             // found it empty (or by anyone): made again, once.
             ctx.rules.forget_parent(&entry.dest);
             continue;
         }
-        if !out_of_descriptors(error) {
+        if retry::classify(error) != Class::OutOfDescriptors {
             break result;
         }
         // With nothing else in flight, nobody will give descriptors back.
-        alone = if ctx.limits.in_use() > 0 || ctx.committer.in_flight() > 0 { 0 } else { alone + 1 };
+        alone = if limits.in_use() > 0 || ctx.committer.in_flight() > 0 { 0 } else { alone + 1 };
         if alone > OUT_OF_DESCRIPTORS_ALONE {
             break result;
         }
-        if let Some(jobs) = ctx.limits.lower(generation)
-            && ctx.limits.first_to_tell()
+        if let Some(jobs) = limits.lower(generation)
+            && limits.first_to_tell()
         {
             let jobs = if jobs == 1 { "1 download".to_owned() } else { format!("{jobs} downloads") };
-            ctx.reporter.error(&format_args!("too many open files: {jobs} at once from now on"));
+            ctx.net.reporter.error(&format_args!("too many open files: {jobs} at once from now on"));
         }
-        ctx.reporter.retrying(&entry.dest, outcome.attempts, error, OUT_OF_DESCRIPTORS_WAIT);
+        ctx.net.reporter.retrying(&entry.dest, outcome.attempts, error, OUT_OF_DESCRIPTORS_WAIT);
         tokio::select! {
             () = tokio::time::sleep(OUT_OF_DESCRIPTORS_WAIT) => {}
-            () = ctx.shutdown.cancelled() => break Err(AttemptError::Cancelled.into()),
+            () = ctx.net.shutdown.cancelled() => break Err(AttemptError::Cancelled.into()),
         }
     };
-    match result {
-        Ok(Done::NotStarted) => return None,
-        Ok(Done::Downloaded) => outcome.status = Status::Downloaded,
-        Ok(Done::Skipped(reason)) => {
-            outcome.status = Status::Skipped;
-            outcome.skip = Some(reason);
-        }
-        Err(error) if error.is_locked_by_other_process() => {
-            outcome.status = Status::Skipped;
-            outcome.skip = Some(SkipReason::LockedByOtherProcess);
-        }
-        Err(error) => {
-            outcome.status = Status::Failed;
-            outcome.error = Some(error);
-        }
-    }
     outcome.elapsed = started.elapsed();
+    outcome.finish(result)?;
     Some(outcome)
 }
 
@@ -200,246 +109,75 @@ pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option
 /// flight starts over before it fails.
 const OUT_OF_DESCRIPTORS_ALONE: u32 = 3;
 /// How long such an entry waits first, for the committer to catch up.
-const OUT_OF_DESCRIPTORS_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+const OUT_OF_DESCRIPTORS_WAIT: Duration = Duration::from_millis(50);
 
-/// Whether the commit found its directory removed.
-fn directory_vanished(error: &DownloadError) -> bool {
-    matches!(error, DownloadError::Commit(e) if crate::fsx::DirectoryRemoved::is(e))
-}
-
-/// Whether `error` is a case of running out of file descriptors.
-fn out_of_descriptors(error: &DownloadError) -> bool {
-    let source: &(dyn std::error::Error + 'static) = match error {
-        DownloadError::Attempt(AttemptError::Http(e)) => e,
-        DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => e,
-        DownloadError::Partial { source, .. } => source,
-        DownloadError::Prepare(e) => e,
-        _ => return false,
-    };
-    retry::out_of_descriptors(source)
-}
-
+/// How an entry ended, but for failures.
 enum Done {
     Downloaded,
     Skipped(SkipReason),
+    /// Interrupted before it began: not reported.
     NotStarted,
+}
+
+impl Outcome {
+    /// Record how the entry ended; `None` for one that never began.
+    fn finish(&mut self, result: Result<Done, DownloadError>) -> Option<()> {
+        match result {
+            Ok(Done::NotStarted) => return None,
+            Ok(Done::Downloaded) => self.status = Status::Downloaded,
+            Ok(Done::Skipped(reason)) => {
+                self.status = Status::Skipped;
+                self.skip = Some(reason);
+            }
+            // Another fetch process took the part file after this one
+            // looked for it: that process has the entry.
+            Err(error) if error.is_locked_by_other_process() => {
+                self.status = Status::Skipped;
+                self.skip = Some(SkipReason::LockedByOtherProcess);
+            }
+            Err(error) => {
+                self.status = Status::Failed;
+                self.error = Some(error);
+            }
+        }
+        Some(())
+    }
 }
 
 fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
+/// An entry that has its destination to itself, a slot, and its locked
+/// partial file.
+struct Claimed {
+    permit: KeyedPermit<PathBuf>,
+    slot: Option<Slot>,
+    partial: Partial,
+}
+
 async fn run(
     entry: &Entry,
-    mut ticket: Ticket,
+    ticket: Ticket,
     ctx: &Arc<Context>,
     outcome: &mut Outcome,
 ) -> Result<Done, DownloadError> {
-    let dest = &entry.dest;
-    ctx.rules.check_protected(dest).map_err(|error| DownloadError::Invalid {
-        location: entry.location.clone(),
-        error: LineError::Dest(error),
-    })?;
-    let host = host_key(&entry.url);
-    // Not looked for where this run knows it cannot be: a system call per
-    // entry saved, 10% of the CPU on 1-byte files in new directories.
-    let unknown = !ctx.overwrite && ctx.rules.may_exist(dest);
-    if unknown && exists(dest) {
-        return Ok(Done::Skipped(SkipReason::Exists));
-    }
-    // Entries of this run that share a destination go one at a time; a later
-    // one finds the file in place, or the earlier one's success flag. Until
-    // it has a slot, nothing here waits with the ticket held: the tickets
-    // behind it would wait too (see [`Limits`]), for an entry that may
-    // itself be waiting for a slot.
-    let dest_permit = match ctx.destinations.try_acquire(dest.clone()) {
-        Some(permit) => permit,
-        None => {
-            drop(ticket);
-            let acquire = ctx.destinations.acquire(dest.clone());
-            let Some(permit) = ctx.shutdown.unless_cancelled(acquire).await else {
-                return Ok(Done::NotStarted);
-            };
-            ticket = ctx.limits.ticket(&host);
-            permit
-        }
+    let claimed = match claim(entry, ticket, ctx).await? {
+        Ok(claimed) => claimed,
+        Err(done) => return Ok(done),
     };
-    // Another process may finish the file too; the commit never replaces
-    // it (`RENAME_NOREPLACE`), so looking again here would only cost every
-    // entry a system call to save a rare race a download.
-    if dest_permit.done() {
-        return Ok(Done::Skipped(SkipReason::CompletedElsewhere));
-    }
-    // An earlier entry for this destination may have placed it between the
-    // look above and this turn; the filter tells, and only then the disk.
-    if !ctx.overwrite && !unknown && ctx.rules.may_have_placed(dest) && exists(dest) {
-        return Ok(Done::Skipped(SkipReason::Exists));
-    }
-    let Some(slot) = ctx.shutdown.unless_cancelled(ticket.slot()).await else {
-        return Ok(Done::NotStarted);
-    };
-    let mut slot = Some(slot);
-    // Opened with a slot, not before: the entries waiting in the lookahead
-    // hold no directory descriptors (with `ulimit -n 20` those alone ran
-    // the run out of them).
-    let parent = ctx.rules.prepare_parent(dest)?;
-    if parent.first {
-        ctx.committer.watch(&parent.handle);
-    }
-
-    let partial_error = |source| DownloadError::Partial { path: crate::fsx::part_paths(dest).0, source };
-    let mut partial =
-        match Partial::open(parent.handle.clone(), dest, !parent.fresh).map_err(partial_error)? {
-            Opened::Locked(partial) => partial,
-            Opened::Busy => return Ok(Done::Skipped(SkipReason::LockedByOtherProcess)),
-        };
-
-    let mut state = State { hasher: entry.sha256.map(|_| Sha256::new()), ..State::default() };
-    let resume = resume_or_truncate(entry, ctx, &mut partial, &mut state).map_err(partial_error)?;
-    let mut resume_split = match resume {
-        Resume::Split(done) => {
-            outcome.resumed_from = done.iter().map(|[s, e]| e - s).sum();
-            Some(done)
-        }
-        Resume::Prefix | Resume::Fresh => {
-            outcome.resumed_from = state.offset;
-            None
-        }
-    };
-
-    let headers = merged_headers(&ctx.headers, &entry.headers);
-    let split = ctx.split.filter(|p| entry.size.is_none_or(|size| size >= p.min_size));
-    let mut target =
-        Target { clients: &ctx.clients, url: &entry.url, headers: &headers, size: entry.size, split };
-    let progress = Arc::new(ctx.reporter.transfer(dest, &host));
+    let Claimed { permit, mut slot, partial } = claimed;
     let transfer_started = Instant::now();
-    let mut schedule = ctx.retry.schedule();
-    let mut failures = 0u32;
-    let mut high_water = state.offset;
-    let mut restarted_for_checksum = false;
-    loop {
-        if slot.is_none() {
-            let Some(acquired) = ctx.shutdown.unless_cancelled(ctx.limits.slot(&host)).await else {
-                partial.keep().map_err(partial_error)?;
-                return Err(AttemptError::Cancelled.into());
-            };
-            slot = Some(acquired);
-        }
-        if !ctx.resume && state.offset > 0 {
-            // --no-resume: a retry starts from zero too, without Range.
-            partial.truncate().map_err(partial_error)?;
-            state = State { hasher: entry.sha256.map(|_| Sha256::new()), ..State::default() };
-        }
-        let before = state.received;
-        let step = match resume_split.take() {
-            Some(done) => Ok(Step::Split(None, done)),
-            None => {
-                outcome.attempts += 1;
-                transfer::attempt(&target, &mut state, &mut partial, &progress, &ctx.shutdown).await.map(
-                    |attempted| match attempted {
-                        Attempted::Complete => Step::Complete,
-                        Attempted::Split(first) => Step::Split(Some(first), Vec::new()),
-                    },
-                )
-            }
-        };
-        let result = match step {
-            Ok(Step::Complete) => Ok(()),
-            Ok(Step::Split(first, done)) => {
-                let split = Split { entry, host: &host, headers: &headers, first, done, slot: slot.take() };
-                match split.run(ctx, &mut state, &mut partial, &progress, outcome).await {
-                    Ok(()) => Ok(()),
-                    Err(AttemptError::BadRange(reason)) => {
-                        // The server cannot be trusted with ranges of this
-                        // file: one plain stream from zero.
-                        progress.unsplit(&reason);
-                        partial.truncate().map_err(partial_error)?;
-                        state = State { hasher: entry.sha256.map(|_| Sha256::new()), ..State::default() };
-                        target.split = None;
-                        continue;
-                    }
-                    Err(error) => {
-                        // Ranges were retried on their own; what is written
-                        // is recorded for the next run unless it is useless.
-                        let permanent =
-                            error.class() == Class::Permanent && !matches!(error, AttemptError::Cancelled);
-                        let error = DownloadError::from(error);
-                        if permanent && !out_of_descriptors(&error) {
-                            partial.discard().map_err(partial_error)?;
-                        } else {
-                            partial.keep().map_err(partial_error)?;
-                        }
-                        return Err(error);
-                    }
-                }
-            }
-            Err(error) => Err(error.into()),
-        };
-        outcome.received += state.received - before;
-        outcome.http_status = state.http_status.or(outcome.http_status);
-        outcome.bytes = state.offset;
-        let error = match result.and_then(|()| verify(entry, &mut state)) {
-            Ok(()) => break,
-            // A digest over bytes spliced from several responses may be wrong
-            // only because of a splice: one clean download from zero decides.
-            Err(DownloadError::Checksum { .. }) if state.pieces > 1 && !restarted_for_checksum => {
-                restarted_for_checksum = true;
-                partial.truncate().map_err(partial_error)?;
-                state = State { hasher: Some(Sha256::new()), ..State::default() };
-                target.split = None;
-                continue;
-            }
-            Err(error) => error,
-        };
-        let class = match &error {
-            DownloadError::Attempt(e) => e.class(),
-            _ => Class::Permanent,
-        };
-        if matches!(error, DownloadError::Attempt(AttemptError::Cancelled)) || out_of_descriptors(&error) {
-            // Out of descriptors, [`download`] starts the entry over, resuming.
-            partial.keep().map_err(partial_error)?;
-            return Err(error);
-        }
-        if state.offset > high_water {
-            high_water = state.offset;
-            failures = 0;
-            schedule = ctx.retry.schedule();
-        }
-        if class == Class::Permanent {
-            partial.discard().map_err(partial_error)?;
-            return Err(error);
-        }
-        if failures >= ctx.retry.retries {
-            // Keep the bytes: the next run resumes them.
-            partial.keep().map_err(partial_error)?;
-            return Err(error);
-        }
-        failures += 1;
-        let retry_after = match &error {
-            DownloadError::Attempt(e) => e.retry_after(),
-            _ => None,
-        };
-        let wait = schedule.next_delay(retry_after);
-        ctx.reporter.retrying(dest, outcome.attempts, &error, wait);
-        // Waiting does not occupy a connection slot.
-        drop(slot.take());
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = ctx.shutdown.cancelled() => {
-                partial.keep().map_err(partial_error)?;
-                return Err(AttemptError::Cancelled.into());
-            }
-        }
-    }
+    let partial = fetch(entry, ctx, partial, &mut slot, outcome).await?;
     outcome.transfer = Some(transfer_started.elapsed());
+    let dest = &entry.dest;
     let pending =
         ctx.committer.submit(partial, dest.clone(), ctx.overwrite).await.map_err(DownloadError::Commit)?;
     drop(slot);
-    let committed = pending.wait().await.map_err(DownloadError::Commit)?;
-    match committed {
+    match pending.wait().await.map_err(DownloadError::Commit)? {
         Committed::Renamed => {
             ctx.rules.note_placed(dest);
-            dest_permit.mark_done();
+            permit.mark_done();
             Ok(Done::Downloaded)
         }
         Committed::DestinationExists => {
@@ -451,50 +189,278 @@ async fn run(
     }
 }
 
-/// Where an attempt left the download.
-enum Step {
-    Complete,
-    /// Continue as a split download: the response streaming from byte 0,
-    /// if any, and the ranges already on disk.
-    Split(Option<reqwest::Response>, Vec<[u64; 2]>),
+/// Everything before the first request: the checks that may skip the
+/// entry, its turn at its destination, a slot, its directory and its
+/// partial file. `Ok(Err(done))` when the entry ends here.
+async fn claim(
+    entry: &Entry,
+    mut ticket: Ticket,
+    ctx: &Arc<Context>,
+) -> Result<Result<Claimed, Done>, DownloadError> {
+    let dest = &entry.dest;
+    ctx.rules.check_protected(dest).map_err(|error| DownloadError::Invalid {
+        location: entry.location.clone(),
+        error: LineError::Dest(error),
+    })?;
+    let shutdown = &ctx.net.shutdown;
+    // Not looked for where this run knows it cannot be: a system call per
+    // entry saved, 10% of the CPU on 1-byte files in new directories.
+    let unknown = !ctx.overwrite && ctx.rules.may_exist(dest);
+    if unknown && exists(dest) {
+        return Ok(Err(Done::Skipped(SkipReason::Exists)));
+    }
+    // Entries of this run that share a destination go one at a time; a later
+    // one finds the file in place, or the earlier one's success flag. Until
+    // it has a slot, nothing here waits with the ticket held: the tickets
+    // behind it would wait too (see [`crate::pool::Limits`]), for an entry
+    // that may itself be waiting for a slot.
+    let permit = match ctx.destinations.try_acquire(dest.clone()) {
+        Some(permit) => permit,
+        None => {
+            drop(ticket);
+            let acquire = ctx.destinations.acquire(dest.clone());
+            let Some(permit) = shutdown.unless_cancelled(acquire).await else {
+                return Ok(Err(Done::NotStarted));
+            };
+            ticket = ctx.net.limits.ticket(&host_key(&entry.url));
+            permit
+        }
+    };
+    // Another process may finish the file too; the commit never replaces
+    // it (`RENAME_NOREPLACE`), so looking again here would only cost every
+    // entry a system call to save a rare race a download.
+    if permit.done() {
+        return Ok(Err(Done::Skipped(SkipReason::CompletedElsewhere)));
+    }
+    // An earlier entry for this destination may have placed it between the
+    // look above and this turn; the filter tells, and only then the disk.
+    if !ctx.overwrite && !unknown && ctx.rules.may_have_placed(dest) && exists(dest) {
+        return Ok(Err(Done::Skipped(SkipReason::Exists)));
+    }
+    let Some(slot) = shutdown.unless_cancelled(ticket.slot()).await else {
+        return Ok(Err(Done::NotStarted));
+    };
+    // Opened with a slot, not before: the entries waiting in the lookahead
+    // hold no directory descriptors (with `ulimit -n 20` those alone ran
+    // the run out of them).
+    let parent = ctx.rules.prepare_parent(dest)?;
+    if parent.first {
+        ctx.committer.watch(&parent.handle);
+    }
+    match Partial::open(parent.handle.clone(), dest, !parent.fresh).map_err(partial_error(dest))? {
+        Opened::Locked(partial) => Ok(Ok(Claimed { permit, slot: Some(slot), partial })),
+        Opened::Busy => Ok(Err(Done::Skipped(SkipReason::LockedByOtherProcess))),
+    }
 }
 
-/// A split download under way: what [`segments::run`] needs beyond the
-/// entry's state.
-struct Split<'a> {
+fn partial_error(dest: &Path) -> impl Fn(std::io::Error) -> DownloadError + '_ {
+    move |source| DownloadError::Partial { path: crate::fsx::part_paths(dest).0, source }
+}
+
+/// One entry's transfer, from its partial file's first byte to its last.
+struct Transfer<'a> {
     entry: &'a Entry,
-    host: &'a str,
-    headers: &'a HeaderMap,
-    /// The response streaming the file from byte 0, if this run has one.
-    first: Option<reqwest::Response>,
-    /// Ranges already on disk (from an earlier run).
-    done: Vec<[u64; 2]>,
-    slot: Option<Slot>,
+    ctx: &'a Arc<Context>,
+    host: String,
+    headers: HeaderMap,
+    /// Split large files; `None` once a split failed or this file is known
+    /// to be too small.
+    split: Option<crate::config::SplitPolicy>,
+    progress: Arc<TransferProgress>,
+    state: State,
 }
 
-impl Split<'_> {
-    /// Fetch the missing ranges; on success `state` describes the whole
-    /// file, digest included.
-    async fn run(
-        self,
-        ctx: &Arc<Context>,
-        state: &mut State,
+/// Where an attempt left the entry.
+enum Step {
+    /// Every byte is in the partial file, verified.
+    Complete,
+    /// The server answered ranges of a split download wrongly: the file
+    /// restarts as one plain stream.
+    Unsplit,
+    /// The digest of bytes spliced from several responses does not match:
+    /// it may be wrong only because of a splice, so one plain stream from
+    /// zero decides, once.
+    Spliced(DownloadError),
+    /// The attempt failed; [`Net::retry`] weighs it.
+    Failed(DownloadError),
+    /// A split download failed after its ranges were retried on their own.
+    Final(DownloadError),
+}
+
+/// Run attempts until the file is complete and verified in `partial`, or
+/// the failure stands; then the partial is settled ([`settle`]).
+async fn fetch(
+    entry: &Entry,
+    ctx: &Arc<Context>,
+    mut partial: Partial,
+    slot: &mut Option<Slot>,
+    outcome: &mut Outcome,
+) -> Result<Partial, DownloadError> {
+    let dest = &entry.dest;
+    let host = host_key(&entry.url);
+    let mut t = Transfer {
+        entry,
+        ctx,
+        progress: Arc::new(ctx.net.reporter.transfer(dest, &host)),
+        host,
+        headers: merged_headers(&ctx.headers, &entry.headers),
+        split: ctx.net.split.filter(|p| entry.size.is_none_or(|size| size >= p.min_size)),
+        state: State::for_entry(entry.sha256.is_some()),
+    };
+    let mut resumed =
+        resume_or_truncate(entry, ctx, &mut partial, &mut t.state).map_err(partial_error(dest))?;
+    outcome.resumed_from = match &resumed {
+        Some(done) => done.iter().map(|[s, e]| e - s).sum(),
+        None => t.state.offset,
+    };
+    let mut budget = Budget::new(ctx.net.retry, t.state.offset);
+    let mut restarted_for_checksum = false;
+    let (error, class) = loop {
+        if let Err(error) = ctx.net.slot(&t.host, slot).await {
+            break (error.into(), Class::Cancelled);
+        }
+        if !ctx.resume && t.state.offset > 0 {
+            // --no-resume: a retry starts from zero too, without Range.
+            t.restart(&mut partial).map_err(partial_error(dest))?;
+        }
+        let error = match t.step(&mut partial, resumed.take(), slot, outcome).await {
+            Step::Complete => return Ok(partial),
+            Step::Spliced(_) if !restarted_for_checksum => {
+                restarted_for_checksum = true;
+                t.restart_plain(&mut partial).map_err(partial_error(dest))?;
+                continue;
+            }
+            Step::Unsplit => {
+                t.restart_plain(&mut partial).map_err(partial_error(dest))?;
+                continue;
+            }
+            Step::Final(error) => {
+                let class = retry::classify(&error);
+                break (error, class);
+            }
+            Step::Spliced(error) | Step::Failed(error) => error,
+        };
+        let class = retry::classify(&error);
+        let failure = Failure {
+            error: &error,
+            class,
+            retry_after: match &error {
+                DownloadError::Attempt(e) => e.retry_after(),
+                _ => None,
+            },
+            position: t.state.offset,
+            dest,
+            attempt: outcome.attempts,
+        };
+        match ctx.net.retry(&mut budget, failure, slot).await {
+            Ok(()) => {}
+            Err(Stop::GaveUp) => break (error, class),
+            Err(Stop::Cancelled) => break (AttemptError::Cancelled.into(), Class::Cancelled),
+        }
+    };
+    settle(partial, class).map_err(partial_error(dest))?;
+    Err(error)
+}
+
+/// What becomes of the partial file of an entry that failed with `class`:
+/// kept for the next run to resume, unless the failure makes its bytes
+/// useless (the server refuses the file, or it does not match the
+/// manifest). Interrupted, out of descriptors or out of retries, the bytes
+/// are good.
+fn settle(partial: Partial, class: Class) -> std::io::Result<()> {
+    match class {
+        Class::Permanent => partial.discard(),
+        Class::Transient | Class::Cancelled | Class::OutOfDescriptors => partial.keep(),
+    }
+}
+
+impl Transfer<'_> {
+    /// One attempt (or, for a split file, one round of ranged requests),
+    /// accounted in `outcome` and verified.
+    async fn step(
+        &mut self,
         partial: &mut Partial,
-        progress: &Arc<TransferProgress>,
+        resumed: Option<Vec<[u64; 2]>>,
+        slot: &mut Option<Slot>,
+        outcome: &mut Outcome,
+    ) -> Step {
+        let before = self.state.received;
+        // `Some` to go on as a split download: the response streaming the
+        // file from byte 0, if any, and the ranges already on disk.
+        let attempted = match resumed {
+            // An earlier run's split download goes on as one.
+            Some(done) => Ok(Some((None, done))),
+            None => {
+                outcome.attempts += 1;
+                let target = Target {
+                    clients: &self.ctx.net.clients,
+                    url: &self.entry.url,
+                    headers: &self.headers,
+                    size: self.entry.size,
+                    split: self.split,
+                };
+                let shutdown = &self.ctx.net.shutdown;
+                let attempted =
+                    transfer::attempt(&target, &mut self.state, partial, &self.progress, shutdown);
+                attempted.await.map(|attempted| match attempted {
+                    Attempted::Complete => None,
+                    Attempted::Segments(first) => Some((Some(first), Vec::new())),
+                })
+            }
+        };
+        let result = match attempted {
+            Ok(None) => Ok(()),
+            Ok(Some((first, done))) => {
+                match self.segments(partial, first, done, slot.take(), outcome).await {
+                    Ok(()) => Ok(()),
+                    Err(AttemptError::BadRange(reason)) => {
+                        // The server cannot be trusted with ranges of this file.
+                        self.progress.unsplit(&reason);
+                        return Step::Unsplit;
+                    }
+                    Err(error) => return Step::Final(error.into()),
+                }
+            }
+            Err(error) => Err(DownloadError::from(error)),
+        };
+        outcome.received += self.state.received - before;
+        outcome.http_status = self.state.http_status.or(outcome.http_status);
+        outcome.bytes = self.state.offset;
+        match result.and_then(|()| verify(self.entry, &mut self.state)) {
+            Ok(()) => Step::Complete,
+            // A digest over bytes spliced from several responses may be
+            // wrong only because of a splice.
+            Err(error @ DownloadError::Checksum { .. }) if self.state.pieces > 1 => Step::Spliced(error),
+            Err(error) => Step::Failed(error),
+        }
+    }
+
+    /// Fetch the missing ranges of a file the server serves in ranges; on
+    /// success `state` describes the whole file, digest included.
+    async fn segments(
+        &mut self,
+        partial: &mut Partial,
+        first: Option<reqwest::Response>,
+        done: Vec<[u64; 2]>,
+        slot: Option<Slot>,
         outcome: &mut Outcome,
     ) -> Result<(), AttemptError> {
+        let state = &mut self.state;
         let total = state.total.expect("only files of known length are split");
-        let job = segments::Job {
+        let resource = segments::Resource {
             url: self.entry.url.clone(),
             headers: self.headers.clone(),
-            host: self.host.to_owned(),
+            host: self.host.clone(),
             dest: self.entry.dest.clone(),
             meta: state.meta(&self.entry.url),
             total,
             if_range: state.if_range().expect("only files with a validator are split").to_owned(),
         };
-        let (stats, result) =
-            segments::run(ctx, job, partial, &self.done, self.first, self.slot, progress.clone()).await;
+        let connections = self.split.map_or(1, |p| p.connections);
+        let net = &self.ctx.net;
+        let start = segments::Start { first, done, slot };
+        let progress = self.progress.clone();
+        let (stats, result) = segments::run(net, resource, connections, partial, start, progress).await;
         outcome.attempts += stats.requests;
         outcome.received += stats.received;
         result?;
@@ -509,27 +475,33 @@ impl Split<'_> {
         }
         Ok(())
     }
+
+    /// Start the file over: nothing of it on disk, nothing known of it.
+    fn restart(&mut self, partial: &mut Partial) -> std::io::Result<()> {
+        partial.truncate()?;
+        self.state = State::for_entry(self.entry.sha256.is_some());
+        Ok(())
+    }
+
+    /// Start the file over as one plain stream, never split again.
+    fn restart_plain(&mut self, partial: &mut Partial) -> std::io::Result<()> {
+        self.split = None;
+        self.restart(partial)
+    }
 }
 
-/// What an earlier run left in the partial file.
-enum Resume {
-    Fresh,
-    /// A prefix of the file: `state.offset` bytes.
-    Prefix,
-    /// A split download: the file has its full length, these ranges hold bytes.
-    Split(Vec<[u64; 2]>),
-}
-
-/// Trust the bytes of an earlier run only when their meta names the same URL
-/// and a validator the server can confirm with `If-Range`.
+/// Trust the bytes of an earlier run only when their meta names the same
+/// URL and a validator the server can confirm with `If-Range`. On return
+/// `state` describes what is kept: a prefix of `state.offset` bytes, or
+/// (`Some`) the ranges of a split download, the file at its full length.
 fn resume_or_truncate(
     entry: &Entry,
     ctx: &Context,
     partial: &mut Partial,
     state: &mut State,
-) -> std::io::Result<Resume> {
+) -> std::io::Result<Option<Vec<[u64; 2]>>> {
     if partial.is_empty() {
-        return Ok(Resume::Fresh);
+        return Ok(None);
     }
     let meta = partial.meta().filter(|m| {
         ctx.resume
@@ -539,29 +511,26 @@ fn resume_or_truncate(
     });
     let Some(meta) = meta else {
         partial.truncate()?;
-        return Ok(Resume::Fresh);
+        return Ok(None);
     };
+    state.etag = meta.etag;
+    state.last_modified = meta.last_modified;
+    state.total = meta.total;
     if let Some(done) = meta.done {
-        state.etag = meta.etag;
-        state.last_modified = meta.last_modified;
-        state.total = meta.total;
         if meta.total != Some(partial.len()) || state.if_range().is_none() {
-            *state = State { hasher: state.hasher.take(), ..State::default() };
+            *state = State::for_entry(state.hasher.is_some());
             partial.truncate()?;
-            return Ok(Resume::Fresh);
+            return Ok(None);
         }
-        return Ok(Resume::Split(done));
+        return Ok(Some(done));
     }
     if let Some(hasher) = &mut state.hasher {
         // The digest must cover the bytes already on disk.
         tokio::task::block_in_place(|| partial.read_existing(|bytes| hasher.update(bytes)))?;
     }
     state.offset = partial.len();
-    state.etag = meta.etag;
-    state.last_modified = meta.last_modified;
-    state.total = meta.total;
     state.pieces = 1;
-    Ok(Resume::Prefix)
+    Ok(None)
 }
 
 fn verify(entry: &Entry, state: &mut State) -> Result<(), DownloadError> {

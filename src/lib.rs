@@ -15,8 +15,10 @@ pub mod commit;
 pub mod config;
 pub mod dest;
 pub mod download;
+pub mod error;
 pub mod fsx;
 pub mod manifest;
+pub mod net;
 pub mod plan;
 pub mod pool;
 pub mod progress;
@@ -40,6 +42,7 @@ use crate::commit::Committer;
 use crate::config::Config;
 use crate::download::Context;
 use crate::manifest::{Item, Reader};
+use crate::net::{Clients, Net};
 use crate::pool::{Keyed, Limits};
 use crate::progress::Reporter;
 use crate::report::{Outcome, Report, Summary};
@@ -95,7 +98,7 @@ fn jobs_within(jobs: usize, open_files: Option<u64>) -> usize {
 async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, Error> {
     let started = Instant::now();
     let shutdown = Shutdown::install().map_err(Error::Runtime)?;
-    let clients = pool::Clients::new(&config).map_err(Error::Client)?;
+    let clients = Clients::new(&config).map_err(Error::Client)?;
     let mut report = match &config.report {
         Some(path) => Some(
             Report::open(path)
@@ -140,19 +143,22 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
     if let Some(root) = config.rules.root() {
         committer.watch(root);
     }
-    let ctx = Arc::new(Context {
+    let net = Arc::new(Net {
         clients,
         limits,
-        committer,
+        retry: config.retry,
         split: config.split,
+        reporter: reporter.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let ctx = Arc::new(Context {
+        net,
+        committer,
         destinations: Keyed::new(1),
         rules: config.rules,
         headers: config.headers,
-        retry: config.retry,
         overwrite: config.overwrite,
         resume: config.resume,
-        reporter: reporter.clone(),
-        shutdown: shutdown.clone(),
     });
     // Entries admitted ahead of a free slot, so that one slow host with
     // --per-host does not idle the others, and a slot that frees finds the
@@ -197,7 +203,7 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
             match item {
                 Item::Entry(entry) => {
                     // Taken here, in manifest order: slots go by tickets.
-                    let ticket = ctx.limits.ticket(&download::host_key(&entry.url));
+                    let ticket = ctx.net.limits.ticket(&download::host_key(&entry.url));
                     tasks.spawn(download::download(*entry, ticket, ctx.clone()));
                 }
                 Item::Invalid { location, error } => {

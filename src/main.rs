@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use fetch::cli::{Cli, Command, header_values};
 use fetch::config::{Config, ConfigError};
+use fetch::error::ErrorChain;
 use fetch::progress::escape;
 use fetch::report::{EXIT_OK, EXIT_USAGE};
-use fetch::transfer::ErrorChain;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();

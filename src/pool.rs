@@ -1,4 +1,4 @@
-//! Concurrency bounds and the one HTTP client of a run.
+//! Concurrency bounds of a run.
 //!
 //! A transfer holds a [`Slot`]: one of the run's `--jobs`, and one of its
 //! host's `--per-host`, taken together, in the order of the [`Ticket`]s
@@ -14,76 +14,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-
-use crate::config::Config;
-
-/// The run's HTTP clients: connection pooling, HTTP/2 by ALPN, system
-/// proxies, no automatic decompression (not compiled in), no redirects
-/// (followed in [`crate::transfer`] to control which headers cross hosts).
-///
-/// Plain `http` URLs have a client of their own that never loads the
-/// system's CA certificates; the `https` one is built at its first use.
-/// Loading them reads every file of `/etc/ssl/certs`: 20 ms of a run's start
-/// when they are not cached, for a manifest that may hold no `https` URL.
-#[derive(Debug)]
-pub struct Clients {
-    plain: reqwest::Client,
-    tls: OnceLock<reqwest::Client>,
-    settings: Settings,
-}
-
-/// What both clients are built with.
-#[derive(Debug)]
-struct Settings {
-    user_agent: String,
-    connect_timeout: std::time::Duration,
-    read_timeout: std::time::Duration,
-    insecure: bool,
-}
-
-impl Settings {
-    fn builder(&self) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
-            .user_agent(self.user_agent.clone())
-            .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-    }
-}
-
-impl Clients {
-    pub fn new(config: &Config) -> reqwest::Result<Clients> {
-        // reqwest is built without a bundled crypto provider; ring is ours. An
-        // error only means one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let settings = Settings {
-            user_agent: config.user_agent.clone(),
-            connect_timeout: config.connect_timeout,
-            read_timeout: config.read_timeout,
-            insecure: config.insecure,
-        };
-        // No roots: this client is never asked to verify a certificate.
-        let plain = settings.builder().tls_certs_only(Vec::new()).build()?;
-        Ok(Clients { plain, tls: OnceLock::new(), settings })
-    }
-
-    /// The client for `url`'s scheme.
-    pub fn for_url(&self, url: &reqwest::Url) -> reqwest::Result<&reqwest::Client> {
-        if url.scheme() != "https" {
-            return Ok(&self.plain);
-        }
-        if let Some(client) = self.tls.get() {
-            return Ok(client);
-        }
-        // Two first uses at once may both build; one client is kept.
-        let built =
-            self.settings.builder().tls_danger_accept_invalid_certs(self.settings.insecure).build()?;
-        Ok(self.tls.get_or_init(|| built))
-    }
-}
 
 /// The run's concurrency limits: `--jobs` slots, at most `--per-host` of
 /// them for one host, handed out in the order tickets were taken.

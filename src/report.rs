@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::ser::Formatter;
 
-use crate::download::DownloadError;
+use crate::error::DownloadError;
+use crate::manifest::{Entry, LineError, Location};
 use crate::redact;
 
 /// Every entry was downloaded or skipped.
@@ -74,6 +75,44 @@ pub struct Outcome {
     pub transfer: Option<Duration>,
     /// Where this run continued a partial file left by an earlier run.
     pub resumed_from: u64,
+}
+
+impl Outcome {
+    /// The record of an entry about to start: failed until it says otherwise.
+    pub fn start(entry: &Entry) -> Outcome {
+        Outcome {
+            url: Some(redact::url(&entry.url)),
+            path: entry.dest.clone(),
+            status: Status::Failed,
+            skip: None,
+            error: None,
+            bytes: 0,
+            received: 0,
+            attempts: 0,
+            http_status: None,
+            elapsed: Default::default(),
+            transfer: None,
+            resumed_from: 0,
+        }
+    }
+
+    /// The record of a manifest line that is not a valid entry.
+    pub fn invalid(location: Location, error: LineError) -> Outcome {
+        Outcome {
+            url: None,
+            path: PathBuf::from(location.to_string()),
+            status: Status::Failed,
+            skip: None,
+            error: Some(DownloadError::Invalid { location, error }),
+            bytes: 0,
+            received: 0,
+            attempts: 0,
+            http_status: None,
+            elapsed: Default::default(),
+            transfer: None,
+            resumed_from: 0,
+        }
+    }
 }
 
 /// Counts for the summary line and the exit status.

@@ -1,11 +1,14 @@
 //! Which failures are worth another attempt, and how long to wait first.
 //!
-//! [`status_class`] and [`error_class`] are the one place that decides
-//! transient versus permanent; the latter walks the error's `source()` chain
-//! because reqwest wraps hyper, which wraps io, rustls and name lookup
-//! errors. Wait times come from backon's exponential
-//! schedule; a server's `Retry-After` (RFC 9110 §10.2.3) overrides it, capped
-//! at `--retry-max-delay`.
+//! [`classify`] is the one place that decides what a failure calls for;
+//! [`status_class`] and [`error_class`] are its tables for statuses and for
+//! transport and disk errors, the latter walking the error's `source()`
+//! chain because reqwest wraps hyper, which wraps io, rustls and name
+//! lookup errors. A [`Budget`] is one transfer's allowance of failures in
+//! a row: whole files and the ranges of a split file spend theirs the same
+//! way ([`crate::net::Net::retry`] is the one loop step). Wait times come
+//! from backon's exponential schedule; a server's `Retry-After` (RFC 9110
+//! §10.2.3) overrides it, capped at `--retry-max-delay`.
 
 use std::error::Error as StdError;
 use std::io;
@@ -14,6 +17,8 @@ use std::time::{Duration, SystemTime};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use crate::error::{AttemptError, DownloadError, LookupFailure, lookup_failure, rustls_error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -53,10 +58,89 @@ impl Schedule {
     }
 }
 
+/// What a failure calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
+    /// Passing trouble of the network or the server: worth another attempt
+    /// after a wait, as long as the budget lasts.
     Transient,
+    /// The same request will fail the same way: the entry fails now.
     Permanent,
+    /// The run was interrupted: stop, keeping what is on disk.
+    Cancelled,
+    /// This process or the system is out of file descriptors: a local
+    /// limit that fewer downloads at once relieve, not the server's fault
+    /// nor the entry's (see [`crate::download`]).
+    OutOfDescriptors,
+}
+
+/// What a failed entry calls for.
+pub fn classify(error: &DownloadError) -> Class {
+    if error.is_out_of_descriptors() {
+        return Class::OutOfDescriptors;
+    }
+    match error {
+        DownloadError::Attempt(e) => classify_attempt(e),
+        // A bad manifest line, a destination that cannot be made, a part
+        // file or commit the disk refuses, bytes that do not match the
+        // manifest: another request changes none of them.
+        _ => Class::Permanent,
+    }
+}
+
+/// What a failed attempt (of a whole file or of one range) calls for.
+pub fn classify_attempt(error: &AttemptError) -> Class {
+    match error {
+        AttemptError::Status { status, .. } => status_class(*status),
+        AttemptError::Http(e) if crate::error::out_of_descriptors(e) => Class::OutOfDescriptors,
+        AttemptError::Http(e) => error_class(e),
+        // A network that cuts bodies short, or a resume the server
+        // answered with other bytes (already discarded): what retries are for.
+        AttemptError::Truncated { .. } | AttemptError::BadRange(_) | AttemptError::Overlong { .. } => {
+            Class::Transient
+        }
+        // The resolver said the name does not exist.
+        AttemptError::HostNotFound(_) => Class::Permanent,
+        AttemptError::TooManyRedirects(_) | AttemptError::BadRedirect(_) => Class::Permanent,
+        AttemptError::SizeMismatch { .. } | AttemptError::OverManifestSize { .. } => Class::Permanent,
+        AttemptError::Disk(e) if crate::error::out_of_descriptors(e) => Class::OutOfDescriptors,
+        AttemptError::Disk(source) => error_class(source),
+        AttemptError::Cancelled => Class::Cancelled,
+    }
+}
+
+/// One transfer's retry budget: `--retries` failures in a row that brought
+/// no new bytes. A failure after the transfer moved past its furthest
+/// point so far starts a fresh budget and backoff, so a large file over a
+/// link that drops every minute still finishes, while a server that never
+/// makes progress is given up on after `--retries` waits.
+#[derive(Debug)]
+pub struct Budget {
+    policy: RetryPolicy,
+    schedule: Schedule,
+    failures: u32,
+    high_water: u64,
+}
+
+impl Budget {
+    /// A budget for a transfer that stands at `position` bytes.
+    pub fn new(policy: RetryPolicy, position: u64) -> Budget {
+        Budget { policy, schedule: policy.schedule(), failures: 0, high_water: position }
+    }
+
+    /// After a failure of `class` that left the transfer at `position`:
+    /// how long to wait before the next attempt, or `None` to give up
+    /// (the failure is not transient, or the budget is spent).
+    pub fn next(&mut self, class: Class, retry_after: Option<Duration>, position: u64) -> Option<Duration> {
+        if position > self.high_water {
+            *self = Budget::new(self.policy, position);
+        }
+        if class != Class::Transient || self.failures >= self.policy.retries {
+            return None;
+        }
+        self.failures += 1;
+        Some(self.schedule.next_delay(retry_after))
+    }
 }
 
 /// Statuses worth retrying (docs/contract.md, "Retries and resume").
@@ -69,55 +153,6 @@ pub fn status_class(status: StatusCode) -> Class {
         500 | 502 | 503 | 504 => Class::Transient,
         _ => Class::Permanent,
     }
-}
-
-/// How a name lookup failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LookupFailure {
-    /// The resolver answered that the name does not exist or has no
-    /// address (NXDOMAIN, NODATA): asking again gets the same answer.
-    NoSuchHost,
-    /// The resolver could not answer (`EAI_AGAIN`: no network, a VPN that
-    /// dropped, a server timing out; `EAI_FAIL`: SERVFAIL).
-    Unanswered,
-}
-
-/// What std prefixes to a `getaddrinfo` error, which hyper-util's resolver
-/// passes on as an `io::Error` of kind `Uncategorized`: the resolver's
-/// `EAI_*` code survives only as the `gai_strerror` text after it.
-const LOOKUP_FAILED: &str = "failed to lookup address information";
-
-/// `gai_strerror` texts of a definitive "no such host" (`EAI_NONAME`,
-/// `EAI_NODATA`): glibc, musl, macOS/BSD, Windows. Rust programs run in
-/// the C locale, so these are untranslated.
-const NO_SUCH_HOST: [&str; 6] = [
-    "Name or service not known",
-    "No address associated with hostname",
-    "Name does not resolve",
-    "Name has no usable address",
-    "nodename nor servname provided, or not known",
-    "No such host is known",
-];
-
-/// Whether `error`'s cause chain holds a failed name lookup, and how it
-/// failed. A lookup error of the system (`EAI_SYSTEM`, such as EMFILE)
-/// carries the OS error instead and is not one.
-pub fn lookup_failure(error: &(dyn StdError + 'static)) -> Option<LookupFailure> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(err) = current {
-        if let Some(io_err) = err.downcast_ref::<io::Error>() {
-            let text = io_err.to_string();
-            if let Some(detail) = text.strip_prefix(LOOKUP_FAILED) {
-                return Some(if NO_SUCH_HOST.iter().any(|t| detail.contains(t)) {
-                    LookupFailure::NoSuchHost
-                } else {
-                    LookupFailure::Unanswered
-                });
-            }
-        }
-        current = err.source();
-    }
-    None
 }
 
 /// Classify a transport or disk error by walking its cause chain.
@@ -157,40 +192,6 @@ pub fn error_class(error: &(dyn StdError + 'static)) -> Class {
     // "connection closed before message completed", ...) are
     // the flaky network the retries exist for.
     Class::Transient
-}
-
-/// `error` as a rustls error: itself, or inside the `io::Error`s that
-/// tokio-rustls and hyper-util wrap it in (an `io::Error`'s `source()`
-/// skips the error it wraps, so the chain alone never shows it).
-pub fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut current = error;
-    loop {
-        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        current = current.downcast_ref::<io::Error>()?.get_ref()?;
-    }
-}
-
-/// Whether `error` is this process (EMFILE) or the system (ENFILE) out of
-/// file descriptors: a local limit, neither the server's fault nor the
-/// disk's, that fewer downloads at once relieve (see [`crate::download`]).
-pub fn out_of_descriptors(error: &(dyn StdError + 'static)) -> bool {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(err) = current {
-        if let Some(io_err) = err.downcast_ref::<io::Error>() {
-            if matches!(io_err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                return true;
-            }
-            // A wrapped error's source() skips the error it wraps.
-            if let Some(inner) = io_err.get_ref() {
-                current = Some(inner);
-                continue;
-            }
-        }
-        current = err.source();
-    }
-    false
 }
 
 fn io_class(kind: io::ErrorKind) -> Class {
@@ -262,67 +263,6 @@ mod tests {
         assert_eq!(error_class(&Outer(nested)), Class::Permanent);
         let alert = io::Error::other(rustls::Error::DecryptError);
         assert_eq!(error_class(&Outer(alert)), Class::Transient);
-    }
-
-    /// An error shaped as reqwest reports a failed lookup: hyper-util's
-    /// "dns error" around std's io::Error.
-    fn lookup_error(detail: &str) -> impl StdError + 'static {
-        #[derive(Debug, thiserror::Error)]
-        #[error("dns error")]
-        struct Dns(#[source] io::Error);
-        #[derive(Debug, thiserror::Error)]
-        #[error("client error (Connect)")]
-        struct Connect(#[source] Dns);
-        let io = io::Error::other(format!("{LOOKUP_FAILED}: {detail}"));
-        Connect(Dns(io))
-    }
-
-    #[test]
-    fn lookup_failure_table() {
-        use LookupFailure::*;
-        let cases = [
-            // glibc EAI_NONAME, EAI_NODATA, EAI_AGAIN, EAI_FAIL
-            ("Name or service not known", NoSuchHost),
-            ("No address associated with hostname", NoSuchHost),
-            ("Temporary failure in name resolution", Unanswered),
-            ("Non-recoverable failure in name resolution", Unanswered),
-            // musl
-            ("Name does not resolve", NoSuchHost),
-            ("Name could not be resolved at this time", Unanswered),
-            // macOS
-            ("nodename nor servname provided, or not known", NoSuchHost),
-            ("temporary failure in name resolution", Unanswered),
-            // An unknown text is not taken for a definitive answer.
-            ("something new", Unanswered),
-        ];
-        for (detail, want) in cases {
-            let error = lookup_error(detail);
-            assert_eq!(lookup_failure(&error), Some(want), "{detail}");
-            let class = if want == NoSuchHost { Class::Permanent } else { Class::Transient };
-            assert_eq!(error_class(&error), class, "{detail}");
-        }
-        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
-        assert_eq!(lookup_failure(&reset), None);
-        let other = io::Error::other("failed to look at something");
-        assert_eq!(lookup_failure(&other), None);
-    }
-
-    #[test]
-    fn out_of_descriptors_is_told_apart() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Outer(#[source] io::Error);
-        let cases: [(Box<dyn StdError>, bool); 6] = [
-            (Box::new(io::Error::from_raw_os_error(libc::EMFILE)), true),
-            (Box::new(io::Error::from_raw_os_error(libc::ENFILE)), true),
-            (Box::new(Outer(io::Error::from_raw_os_error(libc::EMFILE))), true),
-            (Box::new(io::Error::other(io::Error::from_raw_os_error(libc::EMFILE))), true),
-            (Box::new(io::Error::from_raw_os_error(libc::ENOSPC)), false),
-            (Box::new(Outer(io::Error::from(io::ErrorKind::ConnectionReset))), false),
-        ];
-        for (error, want) in cases {
-            assert_eq!(out_of_descriptors(error.as_ref()), want, "{error:?}");
-        }
     }
 
     #[test]

@@ -23,19 +23,19 @@
 //! user gave (`-H`, manifest `headers`: all treated as credentials) is sent to
 //! a different origin than the manifest URL's.
 
-use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Response, StatusCode, Url};
 use sha2::{Digest, Sha256};
 
 use crate::config::SplitPolicy;
+use crate::error::{AttemptError, LookupFailure, lookup_failure};
 use crate::fsx::{Meta, Partial};
-use crate::pool::Clients;
+use crate::net::Clients;
 use crate::progress::TransferProgress;
 use crate::redact;
-use crate::retry::{self, Class, LookupFailure};
+use crate::retry;
 use crate::shutdown::Shutdown;
 
 /// A chain of this many redirects succeeds; one more is an error, as curl
@@ -61,6 +61,11 @@ pub struct State {
 }
 
 impl State {
+    /// Nothing known yet; a digest kept when the entry has a sha256.
+    pub fn for_entry(checksum: bool) -> State {
+        State { hasher: checksum.then(Sha256::new), ..State::default() }
+    }
+
     /// The `If-Range` value: a strong ETag, else Last-Modified (weak ETags
     /// are not allowed there, RFC 9110 §13.1.5).
     pub fn if_range(&self) -> Option<&str> {
@@ -103,68 +108,7 @@ pub enum Attempted {
     /// The file is large and the server takes ranges: this first response
     /// (a `200`, nothing read of its body yet) is to be continued as a
     /// split download.
-    Split(Response),
-}
-
-/// Why an attempt failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AttemptError {
-    #[error("HTTP {}", status_text(*status))]
-    Status { status: StatusCode, retry_after: Option<Duration> },
-    #[error("{}", describe(.0))]
-    Http(reqwest::Error),
-    #[error("host {0} not found (DNS)")]
-    HostNotFound(String),
-    #[error("more than {MAX_REDIRECTS} redirects")]
-    TooManyRedirects,
-    #[error("redirect to an unusable location: {0}")]
-    BadRedirect(String),
-    #[error("body ended after {got} of {expected} bytes")]
-    Truncated { got: u64, expected: u64 },
-    #[error("server sent {got} bytes, more than the {expected} it announced")]
-    Overlong { got: u64, expected: u64 },
-    #[error("resume answered with an unusable range ({0}); restarting from zero")]
-    BadRange(String),
-    #[error("server says the file is {server} bytes, the manifest says {manifest}")]
-    SizeMismatch { server: u64, manifest: u64 },
-    #[error("size mismatch: the server sent more than the {manifest} bytes the manifest says")]
-    OverManifestSize { manifest: u64 },
-    #[error("cannot write the partial file: {0}")]
-    Disk(std::io::Error),
-    #[error("interrupted")]
-    Cancelled,
-}
-
-impl AttemptError {
-    pub fn class(&self) -> Class {
-        match self {
-            AttemptError::Status { status, .. } => retry::status_class(*status),
-            AttemptError::Http(e) => retry::error_class(e),
-            // A network that cuts bodies short is what retries are for.
-            AttemptError::Truncated { .. } | AttemptError::BadRange(_) => Class::Transient,
-            AttemptError::Overlong { .. } => Class::Transient,
-            // The resolver said the name does not exist.
-            AttemptError::HostNotFound(_) => Class::Permanent,
-            AttemptError::TooManyRedirects | AttemptError::BadRedirect(_) => Class::Permanent,
-            AttemptError::SizeMismatch { .. } | AttemptError::OverManifestSize { .. } => Class::Permanent,
-            AttemptError::Cancelled => Class::Permanent,
-            AttemptError::Disk(source) => retry::error_class(source),
-        }
-    }
-
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            AttemptError::Status { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-
-    pub fn http_status(&self) -> Option<u16> {
-        match self {
-            AttemptError::Status { status, .. } => Some(status.as_u16()),
-            _ => None,
-        }
-    }
+    Segments(Response),
 }
 
 /// What one attempt is about.
@@ -224,7 +168,7 @@ pub async fn attempt(
             let ranges = response.headers().get(header::ACCEPT_RANGES).is_some_and(|v| v == "bytes");
             if ranges && state.splittable(target.split) {
                 state.pieces += 1;
-                return Ok(Attempted::Split(response));
+                return Ok(Attempted::Segments(response));
             }
         }
         StatusCode::PARTIAL_CONTENT if ranged => {
@@ -408,7 +352,7 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
                 request = request.header(header::IF_RANGE, validator);
             }
         }
-        let response = request.send().await.map_err(|e| match retry::lookup_failure(&e) {
+        let response = request.send().await.map_err(|e| match lookup_failure(&e) {
             Some(LookupFailure::NoSuchHost) => {
                 AttemptError::HostNotFound(url.host_str().unwrap_or("").to_owned())
             }
@@ -419,7 +363,7 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
             return Ok(response);
         };
         if hop == MAX_REDIRECTS {
-            return Err(AttemptError::TooManyRedirects);
+            return Err(AttemptError::TooManyRedirects(MAX_REDIRECTS));
         }
         let location =
             location.to_str().map_err(|_| AttemptError::BadRedirect("Location is not text".into()))?;
@@ -472,144 +416,6 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 
-fn status_text(status: StatusCode) -> String {
-    match status.canonical_reason() {
-        Some(reason) => format!("{} {reason}", status.as_u16()),
-        None => status.as_u16().to_string(),
-    }
-}
-
-/// A transport error as a user wants it: what failed, and the root cause
-/// (reqwest's outer layers, "error sending request: client error
-/// (Connect)", say nothing the kind does not).
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "cannot connect"
-    } else if error.is_body() || error.is_decode() {
-        "connection lost while receiving"
-    } else {
-        "request failed"
-    };
-    let mut root: &(dyn std::error::Error + 'static) = error;
-    while let Some(source) = root.source() {
-        if let Some(words) = tls_words(root) {
-            return format!("{kind}: {words}");
-        }
-        root = source;
-    }
-    if let Some(words) = tls_words(root) {
-        return format!("{kind}: {words}");
-    }
-    if std::ptr::addr_eq(root, error as &dyn std::error::Error) {
-        return kind.to_owned();
-    }
-    format!("{kind}: {root}")
-}
-
-const TRUST_HINT: &str = "use --insecure to skip verification, or SSL_CERT_FILE to trust its CA";
-
-/// A certificate error in words, with what to do about it. rustls prints
-/// certificate errors as Rust debug text (`UnknownIssuer`,
-/// `Other(OtherError(CaUsedAsEndEntity))`).
-fn tls_words(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let tls = retry::rustls_error(error)?;
-    use rustls::CertificateError as E;
-    let rustls::Error::InvalidCertificate(cert) = tls else {
-        return match tls {
-            rustls::Error::NoCertificatesPresented => Some("the server presented no certificate".into()),
-            rustls::Error::InvalidMessage(_) => {
-                Some("the server did not answer in TLS (is this an http:// port?)".into())
-            }
-            rustls::Error::AlertReceived(alert) => {
-                Some(format!("the server refused the TLS handshake ({})", words_of(&format!("{alert:?}"))))
-            }
-            rustls::Error::PeerIncompatible(why) => Some(format!(
-                "the server and fetch have no TLS version or cipher in common ({})",
-                words_of(&format!("{why:?}"))
-            )),
-            rustls::Error::PeerMisbehaved(why) => {
-                Some(format!("the server broke the TLS protocol ({})", words_of(&format!("{why:?}"))))
-            }
-            _ => None,
-        };
-    };
-    let (what, hint) = match cert {
-        E::UnknownIssuer => (
-            "the server's certificate is not signed by a trusted authority (unknown issuer)".into(),
-            TRUST_HINT,
-        ),
-        E::BadSignature => ("the server's certificate has a bad signature".into(), TRUST_HINT),
-        E::Expired | E::ExpiredContext { .. } => {
-            ("the server's certificate has expired".into(), "check the clock, or use --insecure")
-        }
-        E::NotValidYet | E::NotValidYetContext { .. } => {
-            ("the server's certificate is not valid yet".into(), "check the clock, or use --insecure")
-        }
-        E::Revoked => ("the server's certificate has been revoked".into(), TRUST_HINT),
-        E::NotValidForName => ("the server's certificate is for another host name".into(), "use --insecure"),
-        E::NotValidForNameContext { presented, .. } => (
-            format!(
-                "the server's certificate is for another host name (it names {})",
-                if presented.is_empty() { "none".into() } else { presented.join(", ") }
-            ),
-            "use a name it is for, or --insecure",
-        ),
-        E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
-            ("the server's certificate is not meant for a TLS server".into(), TRUST_HINT)
-        }
-        E::BadEncoding => ("the server's certificate is malformed".into(), TRUST_HINT),
-        E::Other(other) => match other.to_string().as_str() {
-            "CaUsedAsEndEntity" => (
-                "the server presented a CA certificate as its own (CA used as end entity)".into(),
-                TRUST_HINT,
-            ),
-            // webpki's errors print as their variant's name.
-            name => (format!("the server's certificate was rejected ({})", words_of(name)), TRUST_HINT),
-        },
-        other => (
-            format!("the server's certificate was rejected ({})", words_of(&format!("{other:?}"))),
-            TRUST_HINT,
-        ),
-    };
-    Some(format!("{what}; {hint}"))
-}
-
-/// `CamelCaseName` as `camel case name`; anything from the first
-/// non-letter on (a variant's fields) dropped.
-fn words_of(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars().take_while(char::is_ascii_alphanumeric) {
-        if c.is_ascii_uppercase() && !out.is_empty() {
-            out.push(' ');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
-}
-
-/// An error with its causes, `outer: inner: innermost`, repeats dropped.
-#[derive(Debug)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut last = self.0.to_string();
-        f.write_str(&last)?;
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            let text = err.to_string();
-            if !last.contains(&text) {
-                write!(f, ": {text}")?;
-            }
-            last = text;
-            source = err.source();
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,26 +437,6 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parse_content_range(input), want, "{input:?}");
         }
-    }
-
-    #[test]
-    fn certificate_errors_in_words() {
-        use rustls::CertificateError as E;
-        let io =
-            |e: E| std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(e));
-        let cases = [
-            (E::UnknownIssuer, "not signed by a trusted authority (unknown issuer); use --insecure"),
-            (E::Expired, "has expired; check the clock"),
-            (E::NotValidForName, "is for another host name"),
-            (E::UnhandledCriticalExtension, "was rejected (unhandled critical extension)"),
-        ];
-        for (error, want) in cases {
-            let text = tls_words(&io(error)).unwrap();
-            assert!(text.contains(want), "{text}");
-        }
-        assert_eq!(tls_words(&std::io::Error::other("plain")), None);
-        assert_eq!(words_of("CaUsedAsEndEntity"), "ca used as end entity");
-        assert_eq!(words_of("Other(OtherError(X))"), "other");
     }
 
     #[test]

@@ -67,8 +67,9 @@ const META_SUFFIX: &str = ".fetch-part.meta";
 const META_TMP_SUFFIX: &str = ".fetch-part.meta.tmp";
 /// Longest file name most filesystems take (NAME_MAX).
 const NAME_MAX: usize = 255;
-/// Big enough that a 16 KiB file is one write and a large one few syscalls.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Bytes gathered before one write (of a stream, or of a range of a split
+/// download): a 16 KiB file is one write and a large one few syscalls.
+pub const WRITE_BUFFER: usize = 256 * 1024;
 /// A chunk at least this large is written as it is, not copied into the
 /// buffer first: on a fast link hyper hands over chunks of hundreds of KiB.
 pub const DIRECT_WRITE: usize = 64 * 1024;

@@ -280,7 +280,7 @@ impl Partial {
     /// ranges already present), give the file its full length, and return
     /// a handle for positional writes. The meta is written first, so a
     /// crash never leaves a full-length file that looks like a prefix.
-    pub fn split(&mut self, meta: &Meta, total: u64) -> io::Result<File> {
+    pub fn segmented(&mut self, meta: &Meta, total: u64) -> io::Result<File> {
         debug_assert!(meta.done.is_some());
         self.pending_meta = None;
         self.flush()?;

@@ -1,0 +1,153 @@
+//! The network side of a run that every request goes through: the HTTP
+//! clients, the connection slots, and the retry step shared by whole-file
+//! and ranged transfers.
+//!
+//! Every attempt of every entry takes its slot with [`Net::slot`] and, when
+//! it fails, passes through [`Net::retry`]: one budget ([`Budget`]), one
+//! classifier ([`crate::retry::classify_attempt`]), one wait that holds no
+//! slot and ends early on Ctrl-C. This is where per-host state plugs in.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::config::{Config, SplitPolicy};
+use crate::error::AttemptError;
+use crate::pool::{Limits, Slot};
+use crate::progress::Reporter;
+use crate::retry::{Budget, Class, RetryPolicy};
+use crate::shutdown::Shutdown;
+
+/// What every transfer of a run shares.
+#[derive(Debug)]
+pub struct Net {
+    pub clients: Clients,
+    pub limits: Limits,
+    pub retry: RetryPolicy,
+    /// `None` when `--max-connections-per-file 1` turns splitting off.
+    pub split: Option<SplitPolicy>,
+    pub reporter: Arc<Reporter>,
+    pub shutdown: Shutdown,
+}
+
+/// A failure, as [`Net::retry`] weighs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    pub error: &'a (dyn std::error::Error + Sync),
+    pub class: Class,
+    /// The server's `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// Where the transfer stands after it, in bytes: past its furthest
+    /// point so far, the budget starts over.
+    pub position: u64,
+    /// The entry's destination and attempt number, for the log.
+    pub dest: &'a Path,
+    pub attempt: u32,
+}
+
+impl Net {
+    /// Make sure `slot` holds a slot for a request to `host`, waiting for one
+    /// unless the run is interrupted first.
+    pub async fn slot(&self, host: &str, slot: &mut Option<Slot>) -> Result<(), AttemptError> {
+        if slot.is_none() {
+            let acquired = self.shutdown.unless_cancelled(self.limits.slot(host)).await;
+            *slot = Some(acquired.ok_or(AttemptError::Cancelled)?);
+        }
+        Ok(())
+    }
+
+    /// The step after a failed attempt: `Ok` once the backoff is waited out
+    /// (with no slot held: `slot` is given back), when the failure is
+    /// transient and `budget` lasts; otherwise the failure stands, or
+    /// [`AttemptError::Cancelled`] if Ctrl-C came during the wait.
+    pub async fn retry(
+        &self,
+        budget: &mut Budget,
+        failure: Failure<'_>,
+        slot: &mut Option<Slot>,
+    ) -> Result<(), Stop> {
+        let Some(wait) = budget.next(failure.class, failure.retry_after, failure.position) else {
+            return Err(Stop::GaveUp);
+        };
+        self.reporter.retrying(failure.dest, failure.attempt, failure.error, wait);
+        drop(slot.take());
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Ok(()),
+            () = self.shutdown.cancelled() => Err(Stop::Cancelled),
+        }
+    }
+}
+
+/// Why [`Net::retry`] did not lead to another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The failure is not worth another attempt, or the budget is spent.
+    GaveUp,
+    /// Ctrl-C came during the wait.
+    Cancelled,
+}
+
+/// The run's HTTP clients: connection pooling, HTTP/2 by ALPN, system
+/// proxies, no automatic decompression (not compiled in), no redirects
+/// (followed in [`crate::transfer`] to control which headers cross hosts).
+///
+/// Plain `http` URLs have a client of their own that never loads the
+/// system's CA certificates; the `https` one is built at its first use.
+/// Loading them reads every file of `/etc/ssl/certs`: 20 ms of a run's start
+/// when they are not cached, for a manifest that may hold no `https` URL.
+#[derive(Debug)]
+pub struct Clients {
+    plain: reqwest::Client,
+    tls: OnceLock<reqwest::Client>,
+    settings: Settings,
+}
+
+/// What both clients are built with.
+#[derive(Debug)]
+struct Settings {
+    user_agent: String,
+    connect_timeout: std::time::Duration,
+    read_timeout: std::time::Duration,
+    insecure: bool,
+}
+
+impl Settings {
+    fn builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .user_agent(self.user_agent.clone())
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.read_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+    }
+}
+
+impl Clients {
+    pub fn new(config: &Config) -> reqwest::Result<Clients> {
+        // reqwest is built without a bundled crypto provider; ring is ours. An
+        // error only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let settings = Settings {
+            user_agent: config.user_agent.clone(),
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
+            insecure: config.insecure,
+        };
+        // No roots: this client is never asked to verify a certificate.
+        let plain = settings.builder().tls_certs_only(Vec::new()).build()?;
+        Ok(Clients { plain, tls: OnceLock::new(), settings })
+    }
+
+    /// The client for `url`'s scheme.
+    pub fn for_url(&self, url: &reqwest::Url) -> reqwest::Result<&reqwest::Client> {
+        if url.scheme() != "https" {
+            return Ok(&self.plain);
+        }
+        if let Some(client) = self.tls.get() {
+            return Ok(client);
+        }
+        // Two first uses at once may both build; one client is kept.
+        let built =
+            self.settings.builder().tls_danger_accept_invalid_certs(self.settings.insecure).build()?;
+        Ok(self.tls.get_or_init(|| built))
+    }
+}
