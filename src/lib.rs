@@ -29,6 +29,7 @@ pub mod segments;
 pub mod shard;
 pub mod shutdown;
 pub mod sys;
+pub mod traffic;
 pub mod transfer;
 
 use std::io;
