@@ -101,7 +101,7 @@ pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option
         }
     };
     outcome.elapsed = started.elapsed();
-    outcome.finish(result)?;
+    record(&mut outcome, result)?;
     Some(outcome)
 }
 
@@ -119,29 +119,27 @@ enum Done {
     NotStarted,
 }
 
-impl Outcome {
-    /// Record how the entry ended; `None` for one that never began.
-    fn finish(&mut self, result: Result<Done, DownloadError>) -> Option<()> {
-        match result {
-            Ok(Done::NotStarted) => return None,
-            Ok(Done::Downloaded) => self.status = Status::Downloaded,
-            Ok(Done::Skipped(reason)) => {
-                self.status = Status::Skipped;
-                self.skip = Some(reason);
-            }
-            // Another fetch process took the part file after this one
-            // looked for it: that process has the entry.
-            Err(error) if error.is_locked_by_other_process() => {
-                self.status = Status::Skipped;
-                self.skip = Some(SkipReason::LockedByOtherProcess);
-            }
-            Err(error) => {
-                self.status = Status::Failed;
-                self.error = Some(error);
-            }
+/// Record in `outcome` how the entry ended; `None` for one that never began.
+fn record(outcome: &mut Outcome, result: Result<Done, DownloadError>) -> Option<()> {
+    match result {
+        Ok(Done::NotStarted) => return None,
+        Ok(Done::Downloaded) => outcome.status = Status::Downloaded,
+        Ok(Done::Skipped(reason)) => {
+            outcome.status = Status::Skipped;
+            outcome.skip = Some(reason);
         }
-        Some(())
+        // Another fetch process took the part file after this one
+        // looked for it: that process has the entry.
+        Err(error) if error.is_locked_by_other_process() => {
+            outcome.status = Status::Skipped;
+            outcome.skip = Some(SkipReason::LockedByOtherProcess);
+        }
+        Err(error) => {
+            outcome.status = Status::Failed;
+            outcome.error = Some(error);
+        }
     }
+    Some(())
 }
 
 fn exists(path: &Path) -> bool {

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod dest;
+pub mod dispatch;
 pub mod download;
 pub mod error;
 pub mod fsx;
@@ -37,16 +38,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tokio::task::{JoinError, JoinSet};
 
 use crate::commit::Committer;
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::download::Context;
 use crate::manifest::{Item, Reader};
 use crate::net::{Clients, Net};
 use crate::pool::{Keyed, Limits};
 use crate::progress::Reporter;
-use crate::report::{Outcome, Report, Summary};
+use crate::report::{Report, Summary};
 use crate::shutdown::Shutdown;
 
 /// A failure of the run as a whole (exit status 2), as opposed to an entry.
@@ -99,8 +100,7 @@ fn jobs_within(jobs: usize, open_files: Option<u64>) -> usize {
 async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, Error> {
     let started = Instant::now();
     let shutdown = Shutdown::install().map_err(Error::Runtime)?;
-    let clients = Clients::new(&config).map_err(Error::Client)?;
-    let mut report = match &config.report {
+    let report = match &config.report {
         Some(path) => Some(
             Report::open(path)
                 .map_err(|source| Error::Report { path: path.display().to_string(), source })?,
@@ -108,8 +108,24 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
         None => None,
     };
     let reporter = Arc::new(Reporter::new(config.verbosity, config.display));
-    let reader = Reader::new(config.rules.clone(), config.shard);
+    let (config, items) = start_reading(config, &reporter)?;
+    let ctx = context(config, open_files, &reporter, &shutdown)?;
+    let dispatcher = Dispatcher::new(ctx.clone(), reporter.clone(), report);
+    let mut summary = dispatcher.run(items).await;
+    ctx.rules.remove_empty();
+    summary.interrupted = shutdown.signal();
+    reporter.summary(&summary, started.elapsed());
+    Ok(summary)
+}
 
+/// Start the manifest reader on a thread of its own, and the count of the
+/// entries for the bars' total; the rest of `config` and the channel the
+/// entries arrive on.
+fn start_reading(
+    mut config: Config,
+    reporter: &Arc<Reporter>,
+) -> Result<(Config, mpsc::Receiver<Vec<Item>>), Error> {
+    let reader = Reader::new(config.rules.clone(), config.shard);
     // The bars' total: count the manifests in a second pass, in the
     // background, when all are regular files (read at their own offset:
     // a pipe or FIFO cannot be read twice, so its total stays unknown).
@@ -118,16 +134,27 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
         let reporter = reporter.clone();
         reader.spawn_count(recounts, move |total| reporter.set_total(total));
     }
-
     // A plain thread, not spawn_blocking: a read from a quiet pipe may block
     // forever and must not keep the runtime from shutting down.
-    let (tx, mut rx) = mpsc::channel(4);
-    let sources = config.sources;
+    let (tx, rx) = mpsc::channel(4);
+    let sources = std::mem::take(&mut config.sources);
     std::thread::Builder::new()
         .name("manifest".into())
         .spawn(move || reader.read_all(sources, &tx))
         .map_err(Error::Runtime)?;
+    Ok((config, rx))
+}
 
+/// What every download of the run shares: the network side with its
+/// limits (fewer jobs than `--jobs` if `open_files` cannot hold them), and
+/// the committer.
+fn context(
+    config: Config,
+    open_files: Option<u64>,
+    reporter: &Arc<Reporter>,
+    shutdown: &Shutdown,
+) -> Result<Arc<Context>, Error> {
+    let clients = Clients::new(&config).map_err(Error::Client)?;
     let jobs = jobs_within(config.jobs, open_files);
     let limits = Limits::new(jobs, config.per_host);
     if jobs < config.jobs && limits.first_to_tell() {
@@ -152,7 +179,7 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
         reporter: reporter.clone(),
         shutdown: shutdown.clone(),
     });
-    let ctx = Arc::new(Context {
+    Ok(Arc::new(Context {
         net,
         committer,
         destinations: Keyed::new(1),
@@ -160,82 +187,7 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
         headers: config.headers,
         overwrite: config.overwrite,
         resume: config.resume,
-    });
-    // Entries admitted ahead of a free slot, so that one slow host with
-    // --per-host does not idle the others, and a slot that frees finds the
-    // next download ready; bounded (a task is about 5 KiB), so memory stays
-    // flat. Downloads waiting for their commit do not count, up to its
-    // backlog. A smaller lookahead idled slots on one-byte files (commit
-    // 7206ed9).
-    let lookahead = jobs * 16 + 64;
-
-    let mut summary = Summary::default();
-    let mut tasks = JoinSet::new();
-    let mut reading = true;
-    let mut finish = |outcome: Outcome, summary: &mut Summary| {
-        reporter.finished(&outcome);
-        summary.add(&outcome);
-        if let Some(writer) = &mut report
-            && let Err(e) = writer.write(&outcome)
-        {
-            if e.kind() != io::ErrorKind::BrokenPipe {
-                reporter.error(&format_args!("cannot write the report: {e}"));
-                summary.report_failed = true;
-            }
-            report = None;
-        }
-    };
-    let mut joined = |joined: Result<Option<Outcome>, JoinError>, summary: &mut Summary| match joined {
-        Ok(Some(outcome)) => finish(outcome, summary),
-        Ok(None) => {}
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    };
-    // Read, not yet started: the rest of the reader's last batch.
-    let mut unstarted = Vec::new().into_iter();
-    loop {
-        // Finished downloads first: each counts against the lookahead until
-        // joined, and a barrier finishes many at once.
-        while let Some(done) = tasks.try_join_next() {
-            joined(done, &mut summary);
-        }
-        while tasks.len() < lookahead + ctx.committer.in_flight().min(commit::BACKLOG)
-            && let Some(item) = unstarted.next()
-        {
-            match item {
-                Item::Entry(entry) => {
-                    // Taken here, in manifest order: slots go by tickets.
-                    let ticket = ctx.net.limits.ticket(&download::host_key(&entry.url));
-                    tasks.spawn(download::download(*entry, ticket, ctx.clone()));
-                }
-                Item::Invalid { location, error } => {
-                    joined(Ok(Some(Outcome::invalid(location, error))), &mut summary)
-                }
-                Item::ReadFailed { source, error } => {
-                    reporter.error(&format_args!("cannot read manifest {source}: {error}"));
-                    summary.manifest_error = true;
-                }
-            }
-        }
-        if !reading && unstarted.len() == 0 && tasks.is_empty() {
-            break;
-        }
-        tokio::select! {
-            items = rx.recv(), if reading && unstarted.len() == 0 => match items {
-                None => reading = false,
-                Some(items) => unstarted = items.into_iter(),
-            },
-            Some(done) = tasks.join_next() => joined(done, &mut summary),
-            () = shutdown.cancelled(), if reading || unstarted.len() > 0 => {
-                // Entries not started are left for the next run, unreported.
-                reading = false;
-                unstarted = Vec::new().into_iter();
-            }
-        }
-    }
-    ctx.rules.remove_empty();
-    summary.interrupted = shutdown.signal();
-    reporter.summary(&summary, started.elapsed());
-    Ok(summary)
+    }))
 }
 
 #[cfg(test)]

@@ -89,6 +89,11 @@ impl Limits {
         Limits { line: Arc::new(Mutex::new(line)), told: AtomicBool::new(false) }
     }
 
+    /// Slots in all (fewer than `--jobs` once [`Limits::lower`]ed).
+    pub fn jobs(&self) -> usize {
+        lock(&self.line).jobs
+    }
+
     /// Slots in use.
     pub fn in_use(&self) -> usize {
         lock(&self.line).in_use

@@ -222,6 +222,76 @@ mod tests {
     use super::*;
 
     #[test]
+    fn classification_table() {
+        use std::path::PathBuf;
+        let status = |code: u16| AttemptError::Status {
+            status: StatusCode::from_u16(code).unwrap(),
+            retry_after: None,
+        };
+        let io = |kind: io::ErrorKind| io::Error::from(kind);
+        let emfile = || io::Error::from_raw_os_error(libc::EMFILE);
+        let attempts: Vec<(AttemptError, Class)> = vec![
+            (status(503), Class::Transient),
+            (status(429), Class::Transient),
+            (status(404), Class::Permanent),
+            (AttemptError::Truncated { got: 1, expected: 2 }, Class::Transient),
+            (AttemptError::Overlong { got: 3, expected: 2 }, Class::Transient),
+            (AttemptError::BadRange("bytes 5-9/10".into()), Class::Transient),
+            (AttemptError::HostNotFound("nowhere.invalid".into()), Class::Permanent),
+            (AttemptError::TooManyRedirects(10), Class::Permanent),
+            (AttemptError::BadRedirect("ftp:".into()), Class::Permanent),
+            (AttemptError::SizeMismatch { server: 1, manifest: 2 }, Class::Permanent),
+            (AttemptError::OverManifestSize { manifest: 2 }, Class::Permanent),
+            (AttemptError::Disk(io(io::ErrorKind::StorageFull)), Class::Permanent),
+            (AttemptError::Disk(emfile()), Class::OutOfDescriptors),
+            (AttemptError::Cancelled, Class::Cancelled),
+        ];
+        for (error, want) in attempts {
+            assert_eq!(classify_attempt(&error), want, "{error:?}");
+            let name = format!("{error:?}");
+            assert_eq!(classify(&DownloadError::Attempt(error)), want, "{name}");
+        }
+        let entries: Vec<(DownloadError, Class)> = vec![
+            (DownloadError::Checksum { expected: "a".into(), actual: "b".into() }, Class::Permanent),
+            (DownloadError::Size { expected: 1, actual: 2 }, Class::Permanent),
+            (DownloadError::Commit(io(io::ErrorKind::StorageFull)), Class::Permanent),
+            (DownloadError::Commit(emfile()), Class::OutOfDescriptors),
+            (DownloadError::Partial { path: PathBuf::from("x"), source: emfile() }, Class::OutOfDescriptors),
+        ];
+        for (error, want) in entries {
+            assert_eq!(classify(&error), want, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_budget_counts_failures_without_progress() {
+        let policy =
+            RetryPolicy { retries: 2, delay: Duration::from_millis(1), max_delay: Duration::from_millis(1) };
+        let mut budget = Budget::new(policy, 100);
+        let wait = Some(Duration::from_millis(1));
+        assert_eq!(budget.next(Class::Transient, None, 100), wait);
+        assert_eq!(budget.next(Class::Transient, None, 100), wait);
+        assert_eq!(budget.next(Class::Transient, None, 100), None, "spent after 2");
+        // Progress past the furthest point starts a fresh budget.
+        assert_eq!(budget.next(Class::Transient, None, 101), wait);
+        assert_eq!(budget.next(Class::Transient, None, 50), wait, "a restart is no progress");
+        assert_eq!(budget.next(Class::Transient, None, 101), None);
+        // Only transient failures are retried, whatever is left.
+        let mut budget = Budget::new(policy, 0);
+        for class in [Class::Permanent, Class::Cancelled, Class::OutOfDescriptors] {
+            assert_eq!(budget.next(class, None, 0), None, "{class:?}");
+        }
+        // The server's Retry-After wins, capped.
+        let capped =
+            RetryPolicy { retries: 1, delay: Duration::from_secs(1), max_delay: Duration::from_secs(5) };
+        let mut budget = Budget::new(capped, 0);
+        assert_eq!(
+            budget.next(Class::Transient, Some(Duration::from_secs(60)), 0),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
     fn status_table() {
         for code in [408, 429, 500, 502, 503, 504] {
             assert_eq!(status_class(StatusCode::from_u16(code).unwrap()), Class::Transient, "{code}");
