@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::cli::{Cli, HeaderArg, HeaderLine, ProgressMode};
-use crate::dest::{Rules, create_dirs};
+use crate::dest::{DestTree, create_dirs};
 use crate::manifest::Source;
 use crate::retry::RetryPolicy;
 use crate::shard::Shard;
@@ -19,7 +19,7 @@ use crate::shard::Shard;
 #[derive(Debug)]
 pub struct Config {
     pub sources: Vec<Source>,
-    pub rules: Rules,
+    pub rules: DestTree,
     pub overwrite: bool,
     pub jobs: usize,
     pub per_host: Option<usize>,
@@ -120,7 +120,7 @@ impl Config {
         let dir_error = |source| ConfigError::Dir { path: cli.dir.clone(), source };
         let rules = if cli.dry_run && !cli.dir.exists() {
             // A dry run changes nothing, not even by creating --dir.
-            Rules::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
+            DestTree::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
         } else {
             // Like wget -P and curl --create-dirs: a missing --dir is created.
             let not_a_directory =
@@ -140,7 +140,7 @@ impl Config {
             let manifests =
                 cli.manifests.iter().filter(|p| p.as_os_str() != "-").map(|p| (p.clone(), "manifest"));
             let protected: Vec<_> = report.chain(manifests).collect();
-            let rules = Rules::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
+            let rules = DestTree::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
             // One message now, not one failure per entry. With -P the
             // manifest may not write to --dir at all.
             if !cli.dry_run && !cli.absolute_paths {

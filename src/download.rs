@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::commit::Committer;
 use crate::config::SplitPolicy;
-use crate::dest::{PrepareError, Rules};
+use crate::dest::{DestTree, PrepareError};
 use crate::fsx::{Committed, LockedElsewhere, Opened, Partial};
 use crate::manifest::{Entry, LineError, Location};
 use crate::pool::{Clients, Keyed, Limits, Slot, Ticket};
@@ -43,7 +43,7 @@ pub struct Context {
     pub split: Option<SplitPolicy>,
     /// One in-flight download per destination within this run.
     pub destinations: Keyed<PathBuf>,
-    pub rules: Rules,
+    pub rules: DestTree,
     pub headers: HeaderMap,
     pub retry: RetryPolicy,
     pub overwrite: bool,

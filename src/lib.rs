@@ -104,7 +104,7 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
         None => None,
     };
     let reporter = Arc::new(Reporter::new(config.verbosity, config.display));
-    let reader = Reader::new(config.rules.clone(), config.shard);
+    let reader = Reader::new(config.rules.rules().clone(), config.shard);
 
     // The bars' total: count the manifests in a second pass, in the
     // background, when all are regular files (read at their own offset:

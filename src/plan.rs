@@ -18,7 +18,7 @@ use crate::redact;
 use crate::report::Summary;
 
 pub fn run(config: Config, reporter: &Reporter) -> Summary {
-    let reader = Reader::new(config.rules.clone(), config.shard);
+    let reader = Reader::new(config.rules.rules().clone(), config.shard);
     let (tx, mut rx) = mpsc::channel(8);
     let sources = config.sources;
     std::thread::spawn(move || reader.read_all(sources, &tx));

@@ -211,7 +211,7 @@ mod tests {
     use super::*;
 
     fn rules() -> Rules {
-        Rules::new(".".into(), false, Vec::new()).unwrap()
+        Rules::new(".".into(), false)
     }
 
     fn parse(line: &str) -> Result<Option<Spec>, LineError> {

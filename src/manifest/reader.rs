@@ -303,7 +303,7 @@ mod tests {
     use crate::manifest::seen::SEEN_SLOTS;
 
     fn rules() -> Rules {
-        Rules::new(".".into(), false, Vec::new()).unwrap()
+        Rules::new(".".into(), false)
     }
 
     fn read(sources: Vec<Source>) -> Vec<String> {
