@@ -43,7 +43,7 @@ pub struct Context {
     pub split: Option<SplitPolicy>,
     /// One in-flight download per destination within this run.
     pub destinations: Keyed<PathBuf>,
-    pub rules: DestTree,
+    pub tree: DestTree,
     pub headers: HeaderMap,
     pub retry: RetryPolicy,
     pub overwrite: bool,
@@ -153,7 +153,7 @@ pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option
         if directory_vanished(error) && !std::mem::replace(&mut vanished, true) {
             // Removed while the file was on its way, by another run that
             // found it empty (or by anyone): made again, once.
-            ctx.rules.forget_parent(&entry.dest);
+            ctx.tree.forget_parent(&entry.dest);
             continue;
         }
         if !out_of_descriptors(error) {
@@ -236,14 +236,14 @@ async fn run(
     outcome: &mut Outcome,
 ) -> Result<Done, DownloadError> {
     let dest = &entry.dest;
-    ctx.rules.check_protected(dest).map_err(|error| DownloadError::Invalid {
+    ctx.tree.check_protected(dest).map_err(|error| DownloadError::Invalid {
         location: entry.location.clone(),
         error: LineError::Dest(error),
     })?;
     let host = host_key(&entry.url);
     // Not looked for where this run knows it cannot be: a system call per
     // entry saved, 10% of the CPU on 1-byte files in new directories.
-    let unknown = !ctx.overwrite && ctx.rules.may_exist(dest);
+    let unknown = !ctx.overwrite && ctx.tree.may_exist(dest);
     if unknown && exists(dest) {
         return Ok(Done::Skipped(SkipReason::Exists));
     }
@@ -272,7 +272,7 @@ async fn run(
     }
     // An earlier entry for this destination may have placed it between the
     // look above and this turn; the filter tells, and only then the disk.
-    if !ctx.overwrite && !unknown && ctx.rules.may_have_placed(dest) && exists(dest) {
+    if !ctx.overwrite && !unknown && ctx.tree.may_have_placed(dest) && exists(dest) {
         return Ok(Done::Skipped(SkipReason::Exists));
     }
     let Some(slot) = ctx.shutdown.unless_cancelled(ticket.slot()).await else {
@@ -282,7 +282,7 @@ async fn run(
     // Opened with a slot, not before: the entries waiting in the lookahead
     // hold no directory descriptors (with `ulimit -n 20` those alone ran
     // the run out of them).
-    let parent = ctx.rules.prepare_parent(dest)?;
+    let parent = ctx.tree.prepare_parent(dest)?;
     if parent.first {
         ctx.committer.watch(&parent.handle);
     }
@@ -438,14 +438,14 @@ async fn run(
     let committed = pending.wait().await.map_err(DownloadError::Commit)?;
     match committed {
         Committed::Renamed => {
-            ctx.rules.note_placed(dest);
+            ctx.tree.note_placed(dest);
             dest_permit.mark_done();
             Ok(Done::Downloaded)
         }
         Committed::DestinationExists => {
             // Another process works in this directory too: look before
             // downloading into it from now on.
-            ctx.rules.distrust_parent(dest);
+            ctx.tree.distrust_parent(dest);
             Ok(Done::Skipped(SkipReason::CompletedElsewhere))
         }
     }

@@ -104,7 +104,7 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
         None => None,
     };
     let reporter = Arc::new(Reporter::new(config.verbosity, config.display));
-    let reader = Reader::new(config.rules.rules().clone(), config.shard);
+    let reader = Reader::new(config.tree.rules().clone(), config.shard);
 
     // The bars' total: count the manifests in a second pass, in the
     // background, when all are regular files (read at their own offset:
@@ -134,10 +134,10 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
             config.jobs
         ));
     }
-    let committer = Committer::start(config.rules.made_dirs()).map_err(Error::Runtime)?;
+    let committer = Committer::start(config.tree.made_dirs()).map_err(Error::Runtime)?;
     // --dir's filesystem has its barrier descriptor before any entry can
     // write there, even one that finds its directory prepared by another.
-    if let Some(root) = config.rules.root() {
+    if let Some(root) = config.tree.root() {
         committer.watch(root);
     }
     let ctx = Arc::new(Context {
@@ -146,7 +146,7 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
         committer,
         split: config.split,
         destinations: Keyed::new(1),
-        rules: config.rules,
+        tree: config.tree,
         headers: config.headers,
         retry: config.retry,
         overwrite: config.overwrite,
@@ -225,7 +225,7 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
             }
         }
     }
-    ctx.rules.remove_empty();
+    ctx.tree.remove_empty();
     summary.interrupted = shutdown.signal();
     reporter.summary(&summary, started.elapsed());
     Ok(summary)
