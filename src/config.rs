@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::cli::{Cli, HeaderArg, HeaderLine, ProgressMode};
-use crate::dest::{Rules, create_dirs};
+use crate::dest::{DestTree, create_dirs};
 use crate::manifest::Source;
 use crate::retry::RetryPolicy;
 use crate::shard::Shard;
@@ -19,7 +19,7 @@ use crate::shard::Shard;
 #[derive(Debug)]
 pub struct Config {
     pub sources: Vec<Source>,
-    pub rules: Rules,
+    pub tree: DestTree,
     pub overwrite: bool,
     pub jobs: usize,
     pub per_host: Option<usize>,
@@ -118,9 +118,9 @@ impl Config {
             return Err(ConfigError::RetryDelays(cli.retry_delay.0, cli.retry_max_delay.0));
         }
         let dir_error = |source| ConfigError::Dir { path: cli.dir.clone(), source };
-        let rules = if cli.dry_run && !cli.dir.exists() {
+        let tree = if cli.dry_run && !cli.dir.exists() {
             // A dry run changes nothing, not even by creating --dir.
-            Rules::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
+            DestTree::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
         } else {
             // Like wget -P and curl --create-dirs: a missing --dir is created.
             let not_a_directory =
@@ -140,18 +140,18 @@ impl Config {
             let manifests =
                 cli.manifests.iter().filter(|p| p.as_os_str() != "-").map(|p| (p.clone(), "manifest"));
             let protected: Vec<_> = report.chain(manifests).collect();
-            let rules = Rules::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
+            let tree = DestTree::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
             // One message now, not one failure per entry. With -P the
             // manifest may not write to --dir at all.
             if !cli.dry_run && !cli.absolute_paths {
-                rules.check_writable().map_err(dir_error)?;
+                tree.check_writable().map_err(dir_error)?;
             }
-            rules.protecting(&protected)
+            tree.protecting(&protected)
         };
         let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
         Ok(Config {
             sources,
-            rules,
+            tree,
             overwrite: cli.overwrite,
             jobs: cli.jobs as usize,
             per_host: cli.per_host.map(|n| n as usize),

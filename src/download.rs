@@ -19,7 +19,7 @@ use reqwest::header::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::commit::Committer;
-use crate::dest::Rules;
+use crate::dest::DestTree;
 use crate::error::{AttemptError, DownloadError};
 use crate::fsx::{Committed, Opened, Partial};
 use crate::manifest::{Entry, LineError};
@@ -39,7 +39,7 @@ pub struct Context {
     pub committer: Committer,
     /// One in-flight download per destination within this run.
     pub destinations: Keyed<PathBuf>,
-    pub rules: Rules,
+    pub tree: DestTree,
     pub headers: HeaderMap,
     pub overwrite: bool,
     pub resume: bool,
@@ -77,7 +77,7 @@ pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option
         if error.is_directory_removed() && !std::mem::replace(&mut vanished, true) {
             // Removed while the file was on its way, by another run that
             // found it empty (or by anyone): made again, once.
-            ctx.rules.forget_parent(&entry.dest);
+            ctx.tree.forget_parent(&entry.dest);
             continue;
         }
         if retry::classify(error) != Class::OutOfDescriptors {
@@ -174,14 +174,14 @@ async fn run(
     drop(slot);
     match pending.wait().await.map_err(DownloadError::Commit)? {
         Committed::Renamed => {
-            ctx.rules.note_placed(dest);
+            ctx.tree.note_placed(dest);
             permit.mark_done();
             Ok(Done::Downloaded)
         }
         Committed::DestinationExists => {
             // Another process works in this directory too: look before
             // downloading into it from now on.
-            ctx.rules.distrust_parent(dest);
+            ctx.tree.distrust_parent(dest);
             Ok(Done::Skipped(SkipReason::CompletedElsewhere))
         }
     }
@@ -196,14 +196,14 @@ async fn claim(
     ctx: &Arc<Context>,
 ) -> Result<Result<Claimed, Done>, DownloadError> {
     let dest = &entry.dest;
-    ctx.rules.check_protected(dest).map_err(|error| DownloadError::Invalid {
+    ctx.tree.check_protected(dest).map_err(|error| DownloadError::Invalid {
         location: entry.location.clone(),
         error: LineError::Dest(error),
     })?;
     let shutdown = &ctx.net.shutdown;
     // Not looked for where this run knows it cannot be: a system call per
     // entry saved, 10% of the CPU on 1-byte files in new directories.
-    let unknown = !ctx.overwrite && ctx.rules.may_exist(dest);
+    let unknown = !ctx.overwrite && ctx.tree.may_exist(dest);
     if unknown && exists(dest) {
         return Ok(Err(Done::Skipped(SkipReason::Exists)));
     }
@@ -232,7 +232,7 @@ async fn claim(
     }
     // An earlier entry for this destination may have placed it between the
     // look above and this turn; the filter tells, and only then the disk.
-    if !ctx.overwrite && !unknown && ctx.rules.may_have_placed(dest) && exists(dest) {
+    if !ctx.overwrite && !unknown && ctx.tree.may_have_placed(dest) && exists(dest) {
         return Ok(Err(Done::Skipped(SkipReason::Exists)));
     }
     let Some(slot) = shutdown.unless_cancelled(ticket.slot()).await else {
@@ -241,7 +241,7 @@ async fn claim(
     // Opened with a slot, not before: the entries waiting in the lookahead
     // hold no directory descriptors (with `ulimit -n 20` those alone ran
     // the run out of them).
-    let parent = ctx.rules.prepare_parent(dest)?;
+    let parent = ctx.tree.prepare_parent(dest)?;
     if parent.first {
         ctx.committer.watch(&parent.handle);
     }

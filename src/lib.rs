@@ -112,7 +112,7 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
     let ctx = context(config, open_files, &reporter, &shutdown)?;
     let dispatcher = Dispatcher::new(ctx.clone(), reporter.clone(), report);
     let mut summary = dispatcher.run(items).await;
-    ctx.rules.remove_empty();
+    ctx.tree.remove_empty();
     summary.interrupted = shutdown.signal();
     reporter.summary(&summary, started.elapsed());
     Ok(summary)
@@ -125,7 +125,7 @@ fn start_reading(
     mut config: Config,
     reporter: &Arc<Reporter>,
 ) -> Result<(Config, mpsc::Receiver<Vec<Item>>), Error> {
-    let reader = Reader::new(config.rules.clone(), config.shard);
+    let reader = Reader::new(config.tree.rules().clone(), config.shard);
     // The bars' total: count the manifests in a second pass, in the
     // background, when all are regular files (read at their own offset:
     // a pipe or FIFO cannot be read twice, so its total stays unknown).
@@ -165,10 +165,10 @@ fn context(
             config.jobs
         ));
     }
-    let committer = Committer::start(config.rules.made_dirs()).map_err(Error::Runtime)?;
+    let committer = Committer::start(config.tree.made_dirs()).map_err(Error::Runtime)?;
     // --dir's filesystem has its barrier descriptor before any entry can
     // write there, even one that finds its directory prepared by another.
-    if let Some(root) = config.rules.root() {
+    if let Some(root) = config.tree.root() {
         committer.watch(root);
     }
     let net = Arc::new(Net {
@@ -183,7 +183,7 @@ fn context(
         net,
         committer,
         destinations: Keyed::new(1),
-        rules: config.rules,
+        tree: config.tree,
         headers: config.headers,
         overwrite: config.overwrite,
         resume: config.resume,

@@ -18,7 +18,7 @@ use crate::redact;
 use crate::report::Summary;
 
 pub fn run(config: Config, reporter: &Reporter) -> Summary {
-    let reader = Reader::new(config.rules.clone(), config.shard);
+    let reader = Reader::new(config.tree.rules().clone(), config.shard);
     let (tx, mut rx) = mpsc::channel(8);
     let sources = config.sources;
     std::thread::spawn(move || reader.read_all(sources, &tx));
@@ -34,7 +34,7 @@ pub fn run(config: Config, reporter: &Reporter) -> Summary {
                 if !config.overwrite && std::fs::symlink_metadata(&entry.dest).is_ok() {
                     summary.skipped += 1;
                     writeln!(out, "skip      {dest}  (exists)")
-                } else if let Err(e) = config.rules.check_parent(&entry.dest) {
+                } else if let Err(e) = config.tree.check_parent(&entry.dest) {
                     summary.failed += 1;
                     reporter.error(&format_args!("{}: {dest}: {e}", entry.location));
                     Ok(())

@@ -258,7 +258,7 @@ fn dir() -> impl Strategy<Value = PathBuf> {
 }
 
 fn rules(dir: &Path, allow_escape: bool) -> Rules {
-    Rules::planned(dir.to_owned(), allow_escape).unwrap()
+    Rules::new(dir.to_owned(), allow_escape)
 }
 
 // ---- Oracles ----------------------------------------------------------------

@@ -25,7 +25,7 @@
 //!   counts as downloaded;
 //! - without `--overwrite` an existing destination is never replaced, even
 //!   one that appeared while we downloaded or that was not looked for
-//!   ([`crate::dest::Rules::may_exist`]) (`RENAME_NOREPLACE`).
+//!   ([`crate::dest::DestTree::may_exist`]) (`RENAME_NOREPLACE`).
 //!
 //! `partial` owns a download's file while it is written, `place` the
 //! finished file until it is at its destination.

@@ -1,0 +1,345 @@
+//! One manifest line: `URL [PATH]` or a JSON object, to a [`Spec`] (the
+//! entry before it has a location) or a [`LineError`]. Pure: no I/O, the
+//! destination resolved lexically by [`Rules`]; table tests below.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+
+use reqwest::Url;
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::{Entry, Location};
+use crate::dest::{self, DestError, Rules};
+
+/// A manifest line longer than this is refused rather than buffered.
+pub(super) const MAX_LINE: usize = 64 * 1024;
+
+/// Why a manifest line is invalid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LineError {
+    #[error("invalid URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("unsupported URL scheme {0:?}: only http and https are accepted")]
+    Scheme(String),
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("invalid sha256 {0:?}: expected 64 hex digits")]
+    Sha256(String),
+    #[error("invalid header {name:?}: {reason}")]
+    Header { name: String, reason: &'static str },
+    /// Not quoted: what is not a header name may be a secret.
+    #[error("invalid header name: a token without spaces or ':'")]
+    HeaderName,
+    #[error(transparent)]
+    Dest(#[from] DestError),
+    #[error("line is not valid UTF-8")]
+    NotUtf8,
+    #[error("line is longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error(
+        "ambiguous line: the URL ends at the first space ({url}), so the path would be {path:?}, \
+         which holds a wider gap: if the URL has a space, write it as %20, or use the JSON form"
+    )]
+    AmbiguousSplit { url: String, path: String },
+    #[error(
+        "destination {} is also given by {} with another URL",
+        dest.display(),
+        earlier.as_ref().map_or_else(|| "an earlier line".to_owned(), Location::to_string)
+    )]
+    SameDestination { dest: PathBuf, earlier: Option<Location> },
+}
+
+/// A parsed line before it is given its location.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub url: Url,
+    pub path: String,
+    pub dest: PathBuf,
+    pub size: Option<u64>,
+    pub sha256: Option<[u8; 32]>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Spec {
+    pub(super) fn into_entry(self, location: Location) -> Entry {
+        Entry {
+            url: self.url,
+            path: self.path,
+            dest: self.dest,
+            size: self.size,
+            sha256: self.sha256,
+            headers: self.headers.into_iter().collect(),
+            location,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonLine {
+    url: String,
+    path: Option<String>,
+    size: Option<u64>,
+    sha256: Option<String>,
+    #[serde(default)]
+    headers: HeaderFields,
+}
+
+/// A line's `headers` in the order given, none dropped: a name given twice
+/// (`x-a` and `X-A`, or the same key twice, which a map would keep one of)
+/// is refused rather than sent twice or silently lost.
+#[derive(Default)]
+struct HeaderFields(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for HeaderFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = HeaderFields;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of header names and values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<HeaderFields, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = map.next_entry()? {
+                    fields.push(field);
+                }
+                Ok(HeaderFields(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// Parse one line: `Ok(None)` for blank lines and comments.
+pub fn parse_line(line: &str, rules: &Rules) -> Result<Option<Spec>, LineError> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let (url, path, size, sha256, headers) = if line.starts_with('{') {
+        let json: JsonLine = serde_json::from_str(line)
+            .map_err(|e| LineError::Json(crate::redact::json_error(&e.to_string())))?;
+        let sha256 = json.sha256.as_deref().map(parse_sha256).transpose()?;
+        let headers: Vec<_> = json
+            .headers
+            .0
+            .into_iter()
+            .map(|(name, value)| parse_header(name, &value))
+            .collect::<Result<_, _>>()?;
+        let mut seen = HashSet::new();
+        if let Some((name, _)) = headers.iter().find(|(name, _)| !seen.insert(name)) {
+            return Err(LineError::Header { name: name.to_string(), reason: "given more than once" });
+        }
+        (parse_url(&json.url)?, json.path, json.size, sha256, headers)
+    } else {
+        let (url, path) = split_plain(line)?;
+        (parse_url(url)?, path.map(str::to_owned), None, None, Vec::new())
+    };
+    let path = match path {
+        Some(path) => path,
+        None => dest::name_from_url(&url)?,
+    };
+    let dest = rules.resolve(&path)?;
+    Ok(Some(Spec { url, path, dest, size, sha256, headers }))
+}
+
+/// Split a trimmed plain line into `URL` and `PATH`: the URL ends at the
+/// first whitespace and the path is the rest, so it may hold spaces. A path
+/// holding a gap wider than the one before it (more spaces, or a tab where
+/// the gap has none) is refused: that is what a URL with a literal space
+/// looks like (`http://h/a b.txt  b.txt`), and it would silently request
+/// the wrong URL.
+fn split_plain(line: &str) -> Result<(&str, Option<&str>), LineError> {
+    let Some(end) = line.find(char::is_whitespace) else {
+        return Ok((line, None));
+    };
+    let (url, rest) = line.split_at(end);
+    let path = rest.trim_start();
+    let gap = gap_width(&rest[..rest.len() - path.len()]);
+    let mut gaps = path.split(|c: char| !c.is_whitespace()).filter(|g| !g.is_empty());
+    if gaps.any(|inner| gap_width(inner) > gap) {
+        return Err(LineError::AmbiguousSplit { url: crate::redact::url_str(url), path: path.to_owned() });
+    }
+    Ok((url, Some(path)))
+}
+
+/// How wide a run of whitespace looks: any tab beats any number of spaces.
+fn gap_width(gap: &str) -> (bool, usize) {
+    (gap.contains('\t'), gap.chars().count())
+}
+
+fn parse_url(text: &str) -> Result<Url, LineError> {
+    let url = Url::parse(text)
+        .map_err(|e| LineError::BadUrl { url: crate::redact::url_str(text), reason: e.to_string() })?;
+    match url.scheme() {
+        "http" | "https" => {}
+        other => return Err(LineError::Scheme(other.to_owned())),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(LineError::BadUrl { url: crate::redact::url_str(text), reason: "no host".into() });
+    }
+    Ok(url)
+}
+
+fn parse_sha256(hex: &str) -> Result<[u8; 32], LineError> {
+    // Digits only: `from_str_radix` would also take a sign ("+0").
+    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    let bad = || LineError::Sha256(hex.to_owned());
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        *byte = digit(pair[0]).ok_or_else(bad)? << 4 | digit(pair[1]).ok_or_else(bad)?;
+    }
+    Ok(out)
+}
+
+fn parse_header(name: String, value: &str) -> Result<(HeaderName, HeaderValue), LineError> {
+    let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| LineError::HeaderName)?;
+    let mut header_value = HeaderValue::from_str(value)
+        .map_err(|_| LineError::Header { name, reason: "value has characters not allowed in HTTP" })?;
+    header_value.set_sensitive(true);
+    Ok((header_name, header_value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules::new(".".into(), false)
+    }
+
+    fn parse(line: &str) -> Result<Option<Spec>, LineError> {
+        parse_line(line, &rules())
+    }
+
+    #[test]
+    fn line_forms() {
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(parse("   \t "), Ok(None));
+        assert_eq!(parse("  # comment http://x/y"), Ok(None));
+
+        let s = parse("http://h/a/b.bin  out dir/my file.bin  \n").unwrap().unwrap();
+        assert_eq!(s.url.as_str(), "http://h/a/b.bin");
+        assert_eq!(s.path, "out dir/my file.bin");
+
+        let s = parse("https://h/a/b%20c.bin").unwrap().unwrap();
+        assert_eq!((s.path.as_str(), s.dest.to_str().unwrap()), ("b c.bin", "b c.bin"));
+
+        let s = parse(r#"{"url": "http://h/x", "path": "p/q", "size": 3, "sha256": "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD", "headers": {"X-A": "1"}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.path, "p/q");
+        assert_eq!(s.size, Some(3));
+        assert_eq!(s.sha256.unwrap()[..2], [0xba, 0x78]);
+        assert_eq!(s.headers[0].0.as_str(), "x-a");
+
+        let s = parse(r#"{"url": "http://h/dir/name.txt"}"#).unwrap().unwrap();
+        assert_eq!(s.path, "name.txt");
+    }
+
+    #[test]
+    fn invalid_lines() {
+        type Check = fn(&LineError) -> bool;
+        let cases: &[(&str, Check)] = &[
+            ("not a url", |e| matches!(e, LineError::BadUrl { .. })),
+            ("ftp://h/file", |e| matches!(e, LineError::Scheme(s) if s == "ftp")),
+            ("file:///etc/passwd x", |e| matches!(e, LineError::Scheme(_))),
+            ("http://h/", |e| matches!(e, LineError::Dest(DestError::NoNameInUrl))),
+            ("http://h/a ../../etc/x", |e| matches!(e, LineError::Dest(DestError::Escapes(_)))),
+            ("http://h/a /etc/x", |e| matches!(e, LineError::Dest(DestError::Absolute(_)))),
+            ("{\"url\": ", |e| matches!(e, LineError::Json(_))),
+            (
+                r#"{"url": "http://h/a", "bogus": 1}"#,
+                |e| matches!(e, LineError::Json(m) if m.contains("bogus")),
+            ),
+            (r#"{"path": "a"}"#, |e| matches!(e, LineError::Json(m) if m.contains("url"))),
+            (r#"{"url": "http://h/a", "sha256": "abc"}"#, |e| matches!(e, LineError::Sha256(_))),
+            (r#"{"url": "http://h/a", "headers": {"Bad Name": "v"}}"#, |e| {
+                matches!(e, LineError::HeaderName)
+            }),
+            (r#"{"url": "http://h/a", "size": -1}"#, |e| matches!(e, LineError::Json(_))),
+        ];
+        for (line, check) in cases {
+            let err = parse(line).expect_err(line);
+            assert!(check(&err), "{line:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn sha256_is_exactly_64_hex_digits() {
+        let good = "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015ad";
+        assert_eq!(parse_sha256(good).unwrap()[..2], [0xba, 0x78]);
+        assert_eq!(parse_sha256(&"0".repeat(64)), Ok([0; 32]));
+        let bad = [
+            "+0".repeat(32),
+            "-0".repeat(32),
+            " 0".repeat(32),
+            "0 ".repeat(32),
+            format!("0x{}", "0".repeat(62)),
+            "0".repeat(63),
+            "0".repeat(65),
+            format!("{}g", "0".repeat(63)),
+            format!("{}é", "0".repeat(62)),
+            String::new(),
+        ];
+        for hex in bad {
+            assert_eq!(parse_sha256(&hex), Err(LineError::Sha256(hex.clone())), "{hex:?}");
+        }
+    }
+
+    #[test]
+    fn size_is_a_plain_json_integer() {
+        let size = |text: &str| {
+            parse(&format!(r#"{{"url": "http://h/a", "size": {text}}}"#)).map(|s| s.unwrap().size)
+        };
+        assert_eq!(size("5"), Ok(Some(5)));
+        assert_eq!(size(" 5 "), Ok(Some(5)), "JSON allows whitespace around a value");
+        assert_eq!(size("0"), Ok(Some(0)));
+        assert_eq!(size("18446744073709551615"), Ok(Some(u64::MAX)));
+        for bad in ["+5", "-0", "-1", "5.0", "1e3", "\"5\"", "05", "0x5", "18446744073709551616", "null5"] {
+            assert!(matches!(size(bad), Err(LineError::Json(_))), "{bad:?} gave {:?}", size(bad));
+        }
+    }
+
+    #[test]
+    fn plain_lines_split_at_the_first_gap_unless_a_wider_one_follows() {
+        let split =
+            |line: &str| split_plain(line).map(|(url, path)| (url.to_owned(), path.map(str::to_owned)));
+        let ok = |url: &str, path: Option<&str>| Ok((url.to_owned(), path.map(str::to_owned)));
+        assert_eq!(split("http://h/a"), ok("http://h/a", None));
+        assert_eq!(split("http://h/a b"), ok("http://h/a", Some("b")));
+        assert_eq!(split("http://h/a my file.txt"), ok("http://h/a", Some("my file.txt")));
+        assert_eq!(
+            split("http://h/a    rfc/HTTP Semantics.txt"),
+            ok("http://h/a", Some("rfc/HTTP Semantics.txt"))
+        );
+        assert_eq!(split("http://h/a  x  y"), ok("http://h/a", Some("x  y")));
+        assert_eq!(split("http://h/a\tx  y z"), ok("http://h/a", Some("x  y z")));
+        assert_eq!(split("http://h/a\tx\ty"), ok("http://h/a", Some("x\ty")));
+        for ambiguous in [
+            "http://h/with space.txt  sp1.txt",
+            "http://h/with space.txt\tsp1.txt",
+            "http://h/a b c   d",
+            "http://h/a  b \t c",
+        ] {
+            assert!(matches!(split(ambiguous), Err(LineError::AmbiguousSplit { .. })), "{ambiguous:?}");
+        }
+        let err = parse("http://u:hunter2@h/with space.txt  sp1.txt").unwrap_err();
+        assert!(err.to_string().contains("%20") && !err.to_string().contains("hunter2"), "{err}");
+        // The JSON form takes any path.
+        let s = parse(r#"{"url": "http://h/with%20space.txt", "path": "a  b\tc"}"#).unwrap().unwrap();
+        assert_eq!(s.path, "a  b\tc");
+    }
+
+    #[test]
+    fn bad_url_error_hides_password() {
+        let err = parse("http://user:hunter2@[bad/x").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}
