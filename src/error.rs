@@ -85,7 +85,7 @@ pub enum DownloadError {
 
 impl DownloadError {
     /// Another fetch process took the part file after this one looked for
-    /// it (see [`Partial::open`]): that process has the entry.
+    /// it (see [`crate::fsx::Partial::open`]): that process has the entry.
     pub fn is_locked_by_other_process(&self) -> bool {
         match self {
             DownloadError::Attempt(AttemptError::Disk(e)) | DownloadError::Commit(e) => {

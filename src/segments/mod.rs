@@ -7,7 +7,7 @@
 //! the start.
 //!
 //! - The first range continues the response that revealed the file's size
-//!   ([`crate::transfer::Attempted::Split`]); the others wait for slots
+//!   ([`crate::transfer::Attempted::Segments`]); the others wait for slots
 //!   from the same [`crate::pool::Limits`] as whole downloads.
 //! - A worker asks for its range a window at a time (about a second of its
 //!   connection's rate, closed `Range: bytes=a-b` requests), and
