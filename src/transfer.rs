@@ -172,21 +172,17 @@ pub async fn attempt(
             }
         }
         StatusCode::PARTIAL_CONTENT if ranged => {
-            let range = header_str(response.headers(), header::CONTENT_RANGE);
-            let parsed = range.as_deref().and_then(parse_content_range);
-            let etag = header_str(response.headers(), header::ETAG);
-            let fits = matches!(parsed, Some((start, _, total))
-                if start == state.offset && (state.total.is_none() || total == state.total));
-            let same_entity = etag.is_none() || state.etag.is_none() || etag == state.etag;
-            if !fits || !same_entity {
-                state.reset();
-                partial.truncate().map_err(disk)?;
-                return Err(AttemptError::BadRange(range.unwrap_or_else(|| "no Content-Range".into())));
-            }
-            if let Some((_, end, total)) = parsed {
-                state.total = total.or(state.total);
-                range_end = Some(end + 1);
-            }
+            let (end, total) =
+                match check_partial(&response, state.offset, state.total, state.etag.as_deref()) {
+                    Ok(range) => range,
+                    Err(error) => {
+                        state.reset();
+                        partial.truncate().map_err(disk)?;
+                        return Err(error);
+                    }
+                };
+            state.total = total.or(state.total);
+            range_end = Some(end + 1);
             check_size(target, state.total)?;
         }
         StatusCode::RANGE_NOT_SATISFIABLE if ranged => {
@@ -231,16 +227,7 @@ pub async fn fetch_range(
     let response = send(target, Some(request)).await?;
     let status = response.status();
     match status {
-        StatusCode::PARTIAL_CONTENT => {
-            let range = header_str(response.headers(), header::CONTENT_RANGE);
-            let parsed = range.as_deref().and_then(parse_content_range);
-            let tag = header_str(response.headers(), header::ETAG);
-            let fits = matches!(parsed, Some((s, _, Some(t))) if s == start && t == total);
-            if !fits || (tag.is_some() && etag.is_some() && tag.as_deref() != etag) {
-                return Err(AttemptError::BadRange(range.unwrap_or_else(|| "no Content-Range".into())));
-            }
-            Ok(response)
-        }
+        StatusCode::PARTIAL_CONTENT => check_partial(&response, start, Some(total), etag).map(|_| response),
         StatusCode::OK => Err(AttemptError::BadRange("200: the whole file, the range was ignored".into())),
         StatusCode::RANGE_NOT_SATISFIABLE => {
             Err(AttemptError::BadRange("416: the file is shorter now".into()))
@@ -249,6 +236,30 @@ pub async fn fetch_range(
             let retry_after = retry::retry_after(response.headers(), SystemTime::now());
             Err(AttemptError::Status { status, retry_after })
         }
+    }
+}
+
+/// The one check of a `206` (RFC 9110 §14.4): its `Content-Range` starts
+/// at `start`, names the file's `total` length when that is known (`*`
+/// does not do then), and its `ETag`, when both sides have one, is the
+/// expected one. The range's last byte and the total it names, or
+/// [`AttemptError::BadRange`].
+fn check_partial(
+    response: &Response,
+    start: u64,
+    total: Option<u64>,
+    etag: Option<&str>,
+) -> Result<(u64, Option<u64>), AttemptError> {
+    let range = header_str(response.headers(), header::CONTENT_RANGE);
+    let tag = header_str(response.headers(), header::ETAG);
+    let same_entity = tag.is_none() || etag.is_none() || tag.as_deref() == etag;
+    match range.as_deref().and_then(parse_content_range) {
+        Some((first, end, named))
+            if first == start && total.is_none_or(|t| named == Some(t)) && same_entity =>
+        {
+            Ok((end, named))
+        }
+        _ => Err(AttemptError::BadRange(range.unwrap_or_else(|| "no Content-Range".into()))),
     }
 }
 
