@@ -162,3 +162,32 @@ fn unsafe_code_is_only_in_the_syscall_module() {
         }
     }
 }
+
+/// `rust-version` is the newest any dependency declares, so that cargo's
+/// resolver and clippy's `incompatible_msrv` (on by default, `-D warnings`
+/// in CI) check against the real minimum. Where that toolchain is
+/// installed, `.ci/run` also builds with it.
+#[test]
+fn the_declared_rust_version_covers_every_dependency() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = |v: &str| -> Vec<u32> { v.split('.').map(|n| n.parse().unwrap()).collect() };
+    let ours = version(env!("CARGO_PKG_RUST_VERSION"));
+    let mut newest = (Vec::new(), String::new());
+    for package in metadata["packages"].as_array().unwrap() {
+        let Some(declared) = package["rust_version"].as_str() else { continue };
+        let mut declared = version(declared);
+        declared.resize(3, 0);
+        if declared > newest.0 {
+            newest = (declared, package["name"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut ours = ours;
+    ours.resize(3, 0);
+    assert!(newest.0 <= ours, "{} needs Rust {:?}, Cargo.toml says {ours:?}", newest.1, newest.0);
+}
