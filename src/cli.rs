@@ -88,6 +88,18 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Retries")]
     pub retry_max_delay: HumanDuration,
 
+    /// Fail the entries of a host that has not answered (or only asked for less: 429,
+    /// 503) for this long. Until then they wait for it instead of spending their
+    /// retries; long enough for a VPN to reconnect or a server to reboot.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = timeout,
+          help_heading = "Retries")]
+    pub host_timeout: HumanDuration,
+
+    /// Start no more than N requests per second to one host (for a server that
+    /// publishes a rate limit); decimals allowed, e.g. 0.5.
+    #[arg(long, value_name = "N", value_parser = rate, help_heading = "Concurrency")]
+    pub max_rate: Option<f64>,
+
     /// Start every download from zero: discard partial files instead of resuming them,
     /// and retry from zero too. No request carries Range, except the ranges of a split
     /// download (see --split-size), which stay within one attempt.
@@ -249,6 +261,14 @@ fn timeout(s: &str) -> Result<HumanDuration, String> {
         return Err("a timeout must be at least 1ms; zero would fail every request".to_owned());
     }
     Ok(duration)
+}
+
+/// `--max-rate`: a positive number of requests per second.
+fn rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && (0.001..=1e6).contains(&n) => Ok(n),
+        _ => Err("expected requests per second, from 0.001 to 1000000 (e.g. 10 or 0.5)".to_owned()),
+    }
 }
 
 /// `--user-agent`: a valid header value, or the HTTP client cannot be
@@ -440,6 +460,15 @@ mod tests {
     fn user_agents_are_header_values() {
         assert_eq!(user_agent("curl/8.0 (x)"), Ok("curl/8.0 (x)".to_owned()));
         assert!(user_agent("a\nb").is_err());
+    }
+
+    #[test]
+    fn rates_are_positive_and_finite() {
+        assert_eq!(rate("10"), Ok(10.0));
+        assert_eq!(rate("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "inf", "NaN", "x", "", "1e9"] {
+            assert!(rate(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

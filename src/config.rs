@@ -26,6 +26,9 @@ pub struct Config {
     /// None when `--max-connections-per-file 1` turns splitting off.
     pub split: Option<SplitPolicy>,
     pub retry: RetryPolicy,
+    /// `--host-timeout`, `--max-rate`.
+    pub host_timeout: Duration,
+    pub max_rate: Option<f64>,
     pub resume: bool,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -164,6 +167,8 @@ impl Config {
                 delay: cli.retry_delay.0,
                 max_delay: cli.retry_max_delay.0,
             },
+            host_timeout: cli.host_timeout.0,
+            max_rate: cli.max_rate,
             resume: !cli.no_resume,
             connect_timeout: cli.connect_timeout.0,
             read_timeout: cli.read_timeout.0,

@@ -6,7 +6,13 @@
 //! lookahead), so memory stays flat however long the manifest is; each
 //! entry takes its [`crate::pool::Ticket`] here, in manifest order, so
 //! slots go in that order whichever task the runtime polls first.
+//!
+//! Entries of a host that is paused or down wait aside, in a queue per host
+//! (at most [`PARKED_MAX`] in all), and downloads waiting for such a host
+//! do not count against the lookahead: healthy hosts keep their pace. A
+//! gone host's entries fail at once ([`crate::hosts`]).
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 
@@ -15,7 +21,9 @@ use tokio::task::{JoinError, JoinSet};
 
 use crate::commit;
 use crate::download::{self, Context};
-use crate::manifest::Item;
+use crate::error::{AttemptError, DownloadError};
+use crate::manifest::{Entry, Item};
+use crate::pool::Gate;
 use crate::progress::Reporter;
 use crate::report::{Outcome, Report, Summary};
 
@@ -33,12 +41,31 @@ pub struct Dispatcher {
     /// its backlog. A smaller lookahead idled slots on one-byte files
     /// (commit 7206ed9).
     lookahead: usize,
+    /// Entries of paused or down hosts, by host, in manifest order.
+    parked: HashMap<String, VecDeque<Entry>>,
+    parked_len: usize,
+    /// Entries whose host reopened, to start before any new one.
+    ready: VecDeque<Entry>,
 }
+
+/// Entries that wait aside for their hosts, at most: about 20 MiB. Beyond
+/// it the manifest is read no further until some start or fail.
+pub const PARKED_MAX: usize = 50_000;
 
 impl Dispatcher {
     pub fn new(ctx: Arc<Context>, reporter: Arc<Reporter>, report: Option<Report>) -> Dispatcher {
         let lookahead = ctx.net.limits.jobs() * 16 + 64;
-        Dispatcher { ctx, reporter, report, summary: Summary::default(), tasks: JoinSet::new(), lookahead }
+        Dispatcher {
+            ctx,
+            reporter,
+            report,
+            summary: Summary::default(),
+            tasks: JoinSet::new(),
+            lookahead,
+            parked: HashMap::new(),
+            parked_len: 0,
+            ready: VecDeque::new(),
+        }
     }
 
     /// Download every entry that arrives on `items`, until the channel
@@ -55,34 +82,69 @@ impl Dispatcher {
             while let Some(done) = self.tasks.try_join_next() {
                 self.joined(done);
             }
-            while self.tasks.len() < self.lookahead + self.ctx.committer.in_flight().min(commit::BACKLOG)
-                && let Some(item) = unstarted.next()
-            {
-                self.start(item);
+            while self.has_room() {
+                if let Some(entry) = self.ready.pop_front() {
+                    self.spawn(entry);
+                } else if self.parked_len < PARKED_MAX
+                    && let Some(item) = unstarted.next()
+                {
+                    self.start(item);
+                } else {
+                    break;
+                }
             }
-            if !reading && unstarted.len() == 0 && self.tasks.is_empty() {
+            if !reading && unstarted.len() == 0 && self.tasks.is_empty() && self.parked_len == 0 && self.ready.is_empty() {
                 return self.summary;
             }
+            let limits = &self.ctx.net.limits;
             tokio::select! {
                 batch = items.recv(), if reading && unstarted.len() == 0 => match batch {
                     None => reading = false,
                     Some(batch) => unstarted = batch.into_iter(),
                 },
                 Some(done) = self.tasks.join_next() => self.joined(done),
-                () = shutdown.cancelled(), if reading || unstarted.len() > 0 => {
+                () = limits.changed(), if self.parked_len > 0 => self.unpark(),
+                () = shutdown.cancelled(), if reading || unstarted.len() > 0 || self.parked_len > 0 => {
+                    // Entries not started are left for the next run, unreported.
                     reading = false;
                     unstarted = Vec::new().into_iter();
+                    self.parked.clear();
+                    self.parked_len = 0;
+                    self.ready.clear();
                 }
             }
+            if self.parked_len > 0 && self.tasks.is_empty() && self.ready.is_empty() {
+                // Nothing out for the parked hosts: let one probe each.
+                self.unpark();
+            }
         }
+    }
+
+    /// Whether one more download may start: downloads waiting for a paused
+    /// or down host do not count.
+    fn has_room(&self) -> bool {
+        let in_flight = self.tasks.len();
+        let room = self.lookahead + self.ctx.committer.in_flight().min(commit::BACKLOG);
+        in_flight < room || in_flight < room + self.ctx.net.limits.blocked_waiters().min(self.lookahead)
     }
 
     fn start(&mut self, item: Item) {
         match item {
             Item::Entry(entry) => {
-                // Taken here, in manifest order: slots go by tickets.
-                let ticket = self.ctx.net.limits.ticket(&download::host_key(&entry.url));
-                self.tasks.spawn(download::download(*entry, ticket, self.ctx.clone()));
+                let host = download::host_key(&entry.url);
+                if let Some(queue) = self.parked.get_mut(&host) {
+                    queue.push_back(*entry);
+                    self.parked_len += 1;
+                    return;
+                }
+                match self.ctx.net.limits.gate(&host) {
+                    Gate::Open | Gate::Probe => self.spawn(*entry),
+                    Gate::Blocked => {
+                        self.parked.entry(host).or_default().push_back(*entry);
+                        self.parked_len += 1;
+                    }
+                    Gate::Gone(unavailable) => self.fail(&entry, unavailable),
+                }
             }
             Item::Invalid { location, error } => self.finish(Outcome::invalid(location, error)),
             Item::ReadFailed { source, error } => {
@@ -90,6 +152,50 @@ impl Dispatcher {
                 self.summary.manifest_error = true;
             }
         }
+    }
+
+    fn spawn(&mut self, entry: Entry) {
+        // Taken here, in manifest order: slots go by tickets.
+        let ticket = self.ctx.net.limits.ticket(&download::host_key(&entry.url));
+        self.tasks.spawn(download::download(entry, ticket, self.ctx.clone()));
+    }
+
+    /// Move the entries of hosts that reopened to the ready queue (one, for
+    /// a down host that nobody probes), and fail those of gone hosts.
+    fn unpark(&mut self) {
+        let hosts: Vec<String> = self.parked.keys().cloned().collect();
+        for host in hosts {
+            match self.ctx.net.limits.gate(&host) {
+                Gate::Blocked => {}
+                Gate::Probe => {
+                    let queue = self.parked.get_mut(&host).expect("a parked host has a queue");
+                    self.ready.extend(queue.pop_front());
+                    self.parked_len -= 1;
+                    if queue.is_empty() {
+                        self.parked.remove(&host);
+                    }
+                }
+                Gate::Open => {
+                    let queue = self.parked.remove(&host).unwrap_or_default();
+                    self.parked_len -= queue.len();
+                    self.ready.extend(queue);
+                }
+                Gate::Gone(unavailable) => {
+                    let queue = self.parked.remove(&host).unwrap_or_default();
+                    self.parked_len -= queue.len();
+                    for entry in queue {
+                        self.fail(&entry, unavailable.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// An entry whose host is gone: failed without a request.
+    fn fail(&mut self, entry: &Entry, unavailable: crate::pool::Unavailable) {
+        let mut outcome = Outcome::start(entry);
+        outcome.error = Some(DownloadError::Attempt(AttemptError::Unavailable(unavailable)));
+        self.finish(outcome);
     }
 
     fn joined(&mut self, joined: Result<Option<Outcome>, JoinError>) {

@@ -18,6 +18,7 @@ use reqwest::StatusCode;
 use crate::dest::PrepareError;
 use crate::fsx::{DirectoryRemoved, LockedElsewhere};
 use crate::manifest::{LineError, Location};
+use crate::pool::Unavailable;
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub enum AttemptError {
     OverManifestSize { manifest: u64 },
     #[error("cannot write the partial file: {0}")]
     Disk(std::io::Error),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
     #[error("interrupted")]
     Cancelled,
 }

@@ -18,6 +18,7 @@ pub mod dispatch;
 pub mod download;
 pub mod error;
 pub mod fsx;
+pub mod hosts;
 pub mod manifest;
 pub mod net;
 pub mod plan;
@@ -156,7 +157,14 @@ fn context(
 ) -> Result<Arc<Context>, Error> {
     let clients = Clients::new(&config).map_err(Error::Client)?;
     let jobs = jobs_within(config.jobs, open_files);
-    let limits = Limits::new(jobs, config.per_host);
+    let health = hosts::Policy {
+        delay: config.retry.delay,
+        max_delay: config.retry.max_delay,
+        host_timeout: config.host_timeout,
+        max_rate: config.max_rate,
+        max: jobs,
+    };
+    let limits = Limits::new(jobs, config.per_host, health);
     if jobs < config.jobs && limits.first_to_tell() {
         let limit = open_files.unwrap_or_default();
         let downloads = if jobs == 1 { "1 download".to_owned() } else { format!("{jobs} downloads") };

@@ -15,6 +15,7 @@ use crate::config::{Config, SplitPolicy};
 use crate::error::AttemptError;
 use crate::pool::{Limits, Slot};
 use crate::progress::Reporter;
+use crate::hosts::Trouble;
 use crate::retry::{Budget, Class, RetryPolicy};
 use crate::shutdown::Shutdown;
 
@@ -35,40 +36,56 @@ pub struct Net {
 pub struct Failure<'a> {
     pub error: &'a (dyn std::error::Error + Sync),
     pub class: Class,
+    /// What it says about the host ([`crate::retry::trouble`]).
+    pub trouble: Option<Trouble>,
     /// The server's `Retry-After`.
     pub retry_after: Option<Duration>,
     /// Where the transfer stands after it, in bytes: past its furthest
     /// point so far, the budget starts over.
     pub position: u64,
-    /// The entry's destination and attempt number, for the log.
+    /// The `--per-host` key, the entry's destination and attempt number.
+    pub host: &'a str,
     pub dest: &'a Path,
     pub attempt: u32,
 }
 
 impl Net {
     /// Make sure `slot` holds a slot for a request to `host`, waiting for one
-    /// unless the run is interrupted first.
+    /// (and for the host to take requests) unless the run is interrupted
+    /// first or the host is gone.
     pub async fn slot(&self, host: &str, slot: &mut Option<Slot>) -> Result<(), AttemptError> {
         if slot.is_none() {
             let acquired = self.shutdown.unless_cancelled(self.limits.slot(host)).await;
-            *slot = Some(acquired.ok_or(AttemptError::Cancelled)?);
+            *slot = Some(acquired.ok_or(AttemptError::Cancelled)??);
         }
         Ok(())
     }
 
-    /// The step after a failed attempt: `Ok` once the backoff is waited out
-    /// (with no slot held: `slot` is given back), when the failure is
-    /// transient and `budget` lasts; otherwise the failure stands, or
-    /// [`AttemptError::Cancelled`] if Ctrl-C came during the wait.
-    pub async fn retry(
-        &self,
-        budget: &mut Budget,
-        failure: Failure<'_>,
-        slot: &mut Option<Slot>,
-    ) -> Result<(), Stop> {
-        let Some(wait) = budget.next(failure.class, failure.retry_after, failure.position) else {
-            return Err(Stop::GaveUp);
+    /// The step after a failed attempt: its host is told; then `Ok` once
+    /// the backoff is waited out (with no slot held: `slot` is given back),
+    /// when the failure is transient and `budget` lasts; otherwise the
+    /// failure stands, or Ctrl-C came during the wait. A failure that was
+    /// the host's (paused, unreachable) spends nothing and waits for the
+    /// host instead, in [`Net::slot`].
+    pub async fn retry(&self, budget: &mut Budget, failure: Failure<'_>, slot: &mut Option<Slot>) -> Result<(), Stop> {
+        let mut host_fault = false;
+        if let Some(trouble) = failure.trouble {
+            let change = self.limits.failed(failure.host, trouble, failure.retry_after, failure.error);
+            if let Some(state) = change {
+                self.reporter.host_state(failure.host, &state);
+            }
+            // `--retries 0`: no second attempt, whoever's the fault.
+            host_fault = self.retry.retries > 0
+                && !matches!(trouble, Trouble::Strained)
+                && budget.host_fault(self.limits.answers(failure.host));
+        }
+        let wait = if host_fault && failure.class == Class::Transient {
+            budget.waive(failure.position);
+            Some(Duration::ZERO)
+        } else {
+            budget.next(failure.class, failure.retry_after, failure.position)
         };
+        let Some(wait) = wait else { return Err(Stop::GaveUp) };
         self.reporter.retrying(failure.dest, failure.attempt, failure.error, wait);
         drop(slot.take());
         tokio::select! {

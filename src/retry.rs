@@ -19,6 +19,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use crate::error::{AttemptError, DownloadError, LookupFailure, lookup_failure, rustls_error};
+use crate::hosts::Trouble;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -105,7 +106,32 @@ pub fn classify_attempt(error: &AttemptError) -> Class {
         AttemptError::SizeMismatch { .. } | AttemptError::OverManifestSize { .. } => Class::Permanent,
         AttemptError::Disk(e) if crate::error::out_of_descriptors(e) => Class::OutOfDescriptors,
         AttemptError::Disk(source) => error_class(source),
+        // Its host did not answer for longer than --host-timeout: the
+        // bytes on disk are good for the next run.
+        AttemptError::Unavailable(_) => Class::Transient,
         AttemptError::Cancelled => Class::Cancelled,
+    }
+}
+
+/// What a failed attempt says about its host, if anything
+/// ([`crate::hosts`]): an answer that asks for less, strain, or no answer.
+pub fn trouble(error: &AttemptError) -> Option<Trouble> {
+    match error {
+        AttemptError::Status { status, retry_after } => match status.as_u16() {
+            code @ (429 | 503) => Some(Trouble::Busy(code)),
+            code if retry_after.is_some() => Some(Trouble::Busy(code)),
+            502 | 504 => Some(Trouble::Strained),
+            _ => None,
+        },
+        // A TLS handshake the server answered, wrongly: its setup, not its health.
+        AttemptError::Http(e) if rustls_error(e).is_some() => None,
+        AttemptError::Http(e) if e.is_connect() => Some(Trouble::Unreachable),
+        AttemptError::Http(e) if e.is_timeout() => Some(Trouble::Strained),
+        // Failed before a response began: reset, closed, refused.
+        AttemptError::Http(e) if !e.is_body() && !e.is_decode() && !crate::error::out_of_descriptors(e) => {
+            Some(Trouble::Unreachable)
+        }
+        _ => None,
     }
 }
 
@@ -120,21 +146,42 @@ pub struct Budget {
     schedule: Schedule,
     failures: u32,
     high_water: u64,
+    /// The host's count of answers at this transfer's last failure that
+    /// was its host's trouble.
+    host_answers: Option<u64>,
 }
 
 impl Budget {
     /// A budget for a transfer that stands at `position` bytes.
     pub fn new(policy: RetryPolicy, position: u64) -> Budget {
-        Budget { policy, schedule: policy.schedule(), failures: 0, high_water: position }
+        Budget { policy, schedule: policy.schedule(), failures: 0, high_water: position, host_answers: None }
+    }
+
+    /// Whether a failure that showed the host paused or unreachable is the
+    /// host's rather than this transfer's: it is, unless the host answered
+    /// others since this transfer's last such failure (`answers` is the
+    /// host's count now). A failure of the host's spends nothing: the
+    /// transfer waits for the host instead ([`crate::hosts`]).
+    pub fn host_fault(&mut self, answers: u64) -> bool {
+        let fault = self.host_answers.is_none_or(|before| answers <= before);
+        self.host_answers = Some(answers);
+        fault
+    }
+
+    /// After a failure that spends nothing, at `position`: progress still
+    /// starts a fresh budget.
+    pub fn waive(&mut self, position: u64) {
+        if position > self.high_water {
+            let host_answers = self.host_answers;
+            *self = Budget { host_answers, ..Budget::new(self.policy, position) };
+        }
     }
 
     /// After a failure of `class` that left the transfer at `position`:
     /// how long to wait before the next attempt, or `None` to give up
     /// (the failure is not transient, or the budget is spent).
     pub fn next(&mut self, class: Class, retry_after: Option<Duration>, position: u64) -> Option<Duration> {
-        if position > self.high_water {
-            *self = Budget::new(self.policy, position);
-        }
+        self.waive(position);
         if class != Class::Transient || self.failures >= self.policy.retries {
             return None;
         }

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::config::SplitPolicy;
 use crate::error::{AttemptError, LookupFailure, lookup_failure};
 use crate::fsx::{Meta, Partial};
-use crate::net::Clients;
+use crate::net::Net;
 use crate::progress::TransferProgress;
 use crate::redact;
 use crate::retry;
@@ -114,7 +114,10 @@ pub enum Attempted {
 /// What one attempt is about.
 #[derive(Debug)]
 pub struct Target<'a> {
-    pub clients: &'a Clients,
+    /// Where requests go through; `host` is the URL's `--per-host` key,
+    /// told of each answer.
+    pub net: &'a Net,
+    pub host: &'a str,
     pub url: &'a Url,
     /// `-H` and manifest headers together.
     pub headers: &'a HeaderMap,
@@ -336,7 +339,7 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
     let mut url = target.url.clone();
     for hop in 0..=MAX_REDIRECTS {
         let same_origin = url.origin() == origin;
-        let client = target.clients.for_url(&url).map_err(AttemptError::Http)?;
+        let client = target.net.clients.for_url(&url).map_err(AttemptError::Http)?;
         // reqwest would turn user:pass@ into a second Authorization header
         // beside one the user gave: credentials are added here, once.
         let (bare, userinfo) = split_userinfo(&url);
@@ -371,6 +374,10 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
         })?;
         let is_redirect = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308);
         let Some(location) = response.headers().get(header::LOCATION).filter(|_| is_redirect) else {
+            let status = response.status().as_u16();
+            if status != 429 && status != 503 && !response.headers().contains_key(header::RETRY_AFTER) {
+                target.net.limits.answered(target.host);
+            }
             return Ok(response);
         };
         if hop == MAX_REDIRECTS {

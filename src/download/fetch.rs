@@ -110,14 +110,17 @@ pub(super) async fn fetch(
             Step::Spliced(error) | Step::Failed(error) => error,
         };
         let class = retry::classify(&error);
+        let attempt_error = match &error {
+            DownloadError::Attempt(e) => Some(e),
+            _ => None,
+        };
         let failure = Failure {
             error: &error,
             class,
-            retry_after: match &error {
-                DownloadError::Attempt(e) => e.retry_after(),
-                _ => None,
-            },
+            trouble: attempt_error.and_then(retry::trouble),
+            retry_after: attempt_error.and_then(AttemptError::retry_after),
             position: t.state.offset,
+            host: &t.host,
             dest,
             attempt: outcome.attempts,
         };
@@ -162,7 +165,8 @@ impl Transfer<'_> {
             None => {
                 outcome.attempts += 1;
                 let target = Target {
-                    clients: &self.ctx.net.clients,
+                    net: &self.ctx.net,
+                    host: &self.host,
                     url: &self.entry.url,
                     headers: &self.headers,
                     size: self.entry.size,

@@ -234,6 +234,7 @@ async fn claim(
     let Some(slot) = shutdown.unless_cancelled(ticket.slot()).await else {
         return Ok(Err(Done::NotStarted));
     };
+    let slot = slot.map_err(AttemptError::from)?;
     // Opened with a slot, not before: the entries waiting in the lookahead
     // hold no directory descriptors (with `ulimit -n 20` those alone ran
     // the run out of them).

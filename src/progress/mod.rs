@@ -29,7 +29,7 @@ mod text;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 
@@ -37,6 +37,7 @@ use self::bars::{Bars, Counters};
 use self::text::line;
 pub use self::text::{escape, human_bytes, human_duration};
 use crate::config::{Display, Verbosity};
+use crate::hosts::State;
 use crate::report::{Outcome, Status, Summary};
 use crate::traffic::{HostTraffic, Hosts};
 
@@ -97,6 +98,23 @@ impl Reporter {
                 human_duration(wait)
             ));
         }
+    }
+
+    /// A host's state changed ([`crate::hosts`]): logged with `-v`.
+    pub fn host_state(&self, host: &str, state: &State) {
+        if self.verbosity < Verbosity::Verbose {
+            return;
+        }
+        let now = Instant::now();
+        let text = match state {
+            State::Open => "open again".to_owned(),
+            State::Paused { until, status } => {
+                format!("paused {} ({status})", human_duration(until.saturating_duration_since(now)))
+            }
+            State::Down { .. } => "down: no answer; probing".to_owned(),
+            State::Gone { .. } => "gone: no answer for longer than --host-timeout".to_owned(),
+        };
+        self.line(format_args!("host        {}: {text}", escape(host)));
     }
 
     pub fn finished(&self, outcome: &Outcome) {

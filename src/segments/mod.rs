@@ -122,7 +122,8 @@ impl Shared {
 
     fn target(&self) -> Target<'_> {
         Target {
-            clients: &self.net.clients,
+            net: &self.net,
+            host: &self.resource.host,
             url: &self.resource.url,
             headers: &self.resource.headers,
             size: None,

@@ -86,8 +86,10 @@ async fn fetch_piece(
         let failure = Failure {
             error: &error,
             class: retry::classify_attempt(&error),
+            trouble: retry::trouble(&error),
             retry_after: error.retry_after(),
             position: shared.table().pieces[i].next,
+            host: &shared.resource.host,
             dest: &shared.resource.dest,
             attempt: shared.requests.load(Ordering::Relaxed),
         };
