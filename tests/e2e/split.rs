@@ -290,14 +290,16 @@ fn slow_beside_fast(slow_at: &Server, fast_at: &Server, chunks: usize) -> (Strin
     fast_at.route("/fast", Route { throttle: Some((chunk, Duration::from_millis(8))), ..throttled(&fast) });
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "m.txt", &format!("{} slow\n{} fast\n", slow_at.url("/slow"), fast_at.url("/fast")));
-    let child = fetch_std(tmp.path())
+    let mut child = fetch_std(tmp.path())
         .args(["-v", "--split-size", "1M", "m.txt"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let first_range = || slow_at.requests_to("/slow").into_iter().find(|l| l.range().is_some());
-    let split = wait_until(Duration::from_secs(60), || first_range().is_some());
+    // Until the split, or the run's end without one.
+    wait_until(Duration::from_secs(60), || first_range().is_some() || child.try_wait().unwrap().is_some());
+    let split = first_range().is_some();
     let fast_sent_by_then: usize = fast_at.requests_to("/fast").iter().map(Logged::sent).sum();
     let out = crate::finish(child);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -349,12 +351,21 @@ fn small_files_and_one_connection_per_file_are_not_split() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(server.requests_to("/big").len(), 2);
     assert!(std::fs::read(tmp.path().join("b")).unwrap() == body);
-    // Over --split-size, but so fast that more connections would not help.
-    write(tmp.path(), "m.txt", &format!("{} c\n", server.url("/big")));
-    let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
-    assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(server.requests_to("/big").len(), 3, "{}", out.stderr);
-    assert!(!out.stderr.contains("split "), "{}", out.stderr);
+    // Over --split-size, but so fast that more connections would not help:
+    // done before it is first judged, or (at about 8 MiB/s) judged a few
+    // times, every 100 ms, with under a second to go, where a split needs
+    // over two.
+    let paced = Route { throttle: Some((64 * 1024, Duration::from_millis(8))), ..Route::new(body.clone()) };
+    server.route("/paced", paced);
+    for (path, dest) in [("/big", "c"), ("/paced", "d")] {
+        write(tmp.path(), "m.txt", &format!("{} {dest}\n", server.url(path)));
+        let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(std::fs::read(tmp.path().join(dest)).unwrap() == body);
+        assert!(!out.stderr.contains("split "), "{}", out.stderr);
+    }
+    assert_eq!(server.requests_to("/big").len(), 3);
+    assert_eq!(server.requests_to("/paced").len(), 1);
     let bad = run(fetch(tmp.path()).args(["--split-size", "1X", "m.txt"]));
     assert_eq!(bad.code, Some(2));
     assert!(bad.stderr.contains("invalid size unit"), "{}", bad.stderr);
