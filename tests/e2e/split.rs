@@ -156,6 +156,46 @@ fn a_fault_in_one_range_is_retried_in_that_range_alone() {
 }
 
 #[test]
+fn a_range_spends_its_budget_only_on_failures_without_progress() {
+    // A split begun by an earlier run, finished on one connection: one
+    // worker, one budget, two retries allowed.
+    let server = Server::start();
+    let body = content(31, 4 * MIB);
+    let url = server.url("/big");
+    let tmp = tempfile::tempdir().unwrap();
+    let etag = Route::new(body.clone()).etag;
+    let meta = serde_json::json!({"url": url, "etag": etag, "total": body.len(), "done": []});
+    std::fs::write(tmp.path().join("big.fetch-part.meta"), meta.to_string()).unwrap();
+    std::fs::File::create(tmp.path().join("big.fetch-part")).unwrap().set_len(body.len() as u64).unwrap();
+    write(tmp.path(), "m.txt", &format!("{url} big"));
+    let args = ["--retries", "2", "--max-connections-per-file", "1", "m.txt"];
+
+    // Failures that bring nothing: given up after three attempts. Their
+    // Retry-After (capped at 50 ms) is honoured; the backoff alone would
+    // wait 10 to 20 ms first.
+    let failing = std::iter::repeat_n((503, Some("1".to_owned())), 10).collect();
+    server.route("/big", Route { statuses: failing, ..Route::new(body.clone()) });
+    let out = run(fetch(tmp.path()).args(FAST).arg("-v").args(args));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("big: HTTP 503 Service Unavailable (after 3 attempts)"), "{}", out.stderr);
+    let waits: Vec<_> =
+        out.stderr.lines().filter_map(|l| l.split_once("; retrying in ")).map(|(_, w)| w).collect();
+    assert_eq!(waits, ["50ms", "50ms"], "{}", out.stderr);
+    assert_eq!(server.requests_to("/big").len(), 3);
+
+    // Five cuts in a row, each after new bytes: every one starts afresh.
+    let cut = 100_000;
+    server.route("/big", Route { cuts: std::iter::repeat_n(cut, 5).collect(), ..Route::new(body.clone()) });
+    let out = run(fetch(tmp.path()).args(FAST).args(args));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("big")).unwrap() == body, "bytes differ");
+    let log = &server.requests_to("/big")[3..];
+    let starts: Vec<_> = log.iter().take(6).map(|l| l.range().unwrap().0).collect();
+    assert_eq!(starts, (0..6).map(|i| i * cut as u64).collect::<Vec<_>>(), "each retry resumed at its cut");
+    assert_eq!(log.iter().filter(|l| l.cut.is_some()).count(), 5);
+}
+
+#[test]
 fn after_kill_9_a_split_download_fetches_only_the_missing_ranges() {
     let server = Server::start();
     let body = content(23, 32 * MIB);
