@@ -95,12 +95,17 @@ fn retry_after_dates_and_caps() {
     let tmp = tempfile::tempdir().unwrap();
     let manifest: String = ["/date", "/long"].iter().map(|p| server.url(p) + "\n").collect();
     write(tmp.path(), "m.txt", &manifest);
-    // An hour and 100 s, both capped at --retry-max-delay (uncapped, the
-    // run would outlast `fetch`'s 60 s limit); the backoff alone would wait
-    // 10 to 20 ms.
-    let out = run(fetch(tmp.path()).args(["--retry-delay", "10ms", "--retry-max-delay", "500ms", "m.txt"]));
+    // An hour and 100 s, both capped at --retry-max-delay; the backoff
+    // alone would wait 10 to 20 ms. Uncapped, the run would outlast this
+    // 20 s limit.
+    let args = ["-v", "--retry-delay", "10ms", "--retry-max-delay", "500ms", "m.txt"];
+    let out = run(fetch(tmp.path()).args(args).timeout(Duration::from_secs(20)));
     assert_eq!(out.code, Some(0), "{out:?}");
     for path in ["/date", "/long"] {
+        let announced = format!("retry       {}: attempt 1 failed: ", &path[1..]);
+        let line =
+            out.stderr.lines().find(|l| l.starts_with(&announced)).unwrap_or_else(|| panic!("{out:?}"));
+        assert!(line.ends_with("; retrying in 500ms"), "{line}");
         let waited = wait_before_retry(&server, path);
         assert!(waited >= Duration::from_millis(500), "{path}: waited only {waited:?}");
     }

@@ -156,6 +156,46 @@ fn a_fault_in_one_range_is_retried_in_that_range_alone() {
 }
 
 #[test]
+fn a_range_spends_its_budget_only_on_failures_without_progress() {
+    // A split begun by an earlier run, finished on one connection: one
+    // worker, one budget, two retries allowed.
+    let server = Server::start();
+    let body = content(31, 4 * MIB);
+    let url = server.url("/big");
+    let tmp = tempfile::tempdir().unwrap();
+    let etag = Route::new(body.clone()).etag;
+    let meta = serde_json::json!({"url": url, "etag": etag, "total": body.len(), "done": []});
+    std::fs::write(tmp.path().join("big.fetch-part.meta"), meta.to_string()).unwrap();
+    std::fs::File::create(tmp.path().join("big.fetch-part")).unwrap().set_len(body.len() as u64).unwrap();
+    write(tmp.path(), "m.txt", &format!("{url} big"));
+    let args = ["--retries", "2", "--max-connections-per-file", "1", "m.txt"];
+
+    // Failures that bring nothing: given up after three attempts. Their
+    // Retry-After (capped at 50 ms) is honoured; the backoff alone would
+    // wait 10 to 20 ms first.
+    let failing = std::iter::repeat_n((503, Some("1".to_owned())), 10).collect();
+    server.route("/big", Route { statuses: failing, ..Route::new(body.clone()) });
+    let out = run(fetch(tmp.path()).args(FAST).arg("-v").args(args));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("big: HTTP 503 Service Unavailable (after 3 attempts)"), "{}", out.stderr);
+    let waits: Vec<_> =
+        out.stderr.lines().filter_map(|l| l.split_once("; retrying in ")).map(|(_, w)| w).collect();
+    assert_eq!(waits, ["50ms", "50ms"], "{}", out.stderr);
+    assert_eq!(server.requests_to("/big").len(), 3);
+
+    // Five cuts in a row, each after new bytes: every one starts afresh.
+    let cut = 100_000;
+    server.route("/big", Route { cuts: std::iter::repeat_n(cut, 5).collect(), ..Route::new(body.clone()) });
+    let out = run(fetch(tmp.path()).args(FAST).args(args));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("big")).unwrap() == body, "bytes differ");
+    let log = &server.requests_to("/big")[3..];
+    let starts: Vec<_> = log.iter().take(6).map(|l| l.range().unwrap().0).collect();
+    assert_eq!(starts, (0..6).map(|i| i * cut as u64).collect::<Vec<_>>(), "each retry resumed at its cut");
+    assert_eq!(log.iter().filter(|l| l.cut.is_some()).count(), 5);
+}
+
+#[test]
 fn after_kill_9_a_split_download_fetches_only_the_missing_ranges() {
     let server = Server::start();
     let body = content(23, 32 * MIB);
@@ -290,14 +330,16 @@ fn slow_beside_fast(slow_at: &Server, fast_at: &Server, chunks: usize) -> (Strin
     fast_at.route("/fast", Route { throttle: Some((chunk, Duration::from_millis(8))), ..throttled(&fast) });
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "m.txt", &format!("{} slow\n{} fast\n", slow_at.url("/slow"), fast_at.url("/fast")));
-    let child = fetch_std(tmp.path())
+    let mut child = fetch_std(tmp.path())
         .args(["-v", "--split-size", "1M", "m.txt"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let first_range = || slow_at.requests_to("/slow").into_iter().find(|l| l.range().is_some());
-    let split = wait_until(Duration::from_secs(60), || first_range().is_some());
+    // Until the split, or the run's end without one.
+    wait_until(Duration::from_secs(60), || first_range().is_some() || child.try_wait().unwrap().is_some());
+    let split = first_range().is_some();
     let fast_sent_by_then: usize = fast_at.requests_to("/fast").iter().map(Logged::sent).sum();
     let out = crate::finish(child);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -349,12 +391,21 @@ fn small_files_and_one_connection_per_file_are_not_split() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(server.requests_to("/big").len(), 2);
     assert!(std::fs::read(tmp.path().join("b")).unwrap() == body);
-    // Over --split-size, but so fast that more connections would not help.
-    write(tmp.path(), "m.txt", &format!("{} c\n", server.url("/big")));
-    let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
-    assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(server.requests_to("/big").len(), 3, "{}", out.stderr);
-    assert!(!out.stderr.contains("split "), "{}", out.stderr);
+    // Over --split-size, but so fast that more connections would not help:
+    // done before it is first judged, or (at about 8 MiB/s) judged a few
+    // times, every 100 ms, with under a second to go, where a split needs
+    // over two.
+    let paced = Route { throttle: Some((64 * 1024, Duration::from_millis(8))), ..Route::new(body.clone()) };
+    server.route("/paced", paced);
+    for (path, dest) in [("/big", "c"), ("/paced", "d")] {
+        write(tmp.path(), "m.txt", &format!("{} {dest}\n", server.url(path)));
+        let out = run(fetch(tmp.path()).args(["-v", "--split-size", "1M", "m.txt"]));
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(std::fs::read(tmp.path().join(dest)).unwrap() == body);
+        assert!(!out.stderr.contains("split "), "{}", out.stderr);
+    }
+    assert_eq!(server.requests_to("/big").len(), 3);
+    assert_eq!(server.requests_to("/paced").len(), 1);
     let bad = run(fetch(tmp.path()).args(["--split-size", "1X", "m.txt"]));
     assert_eq!(bad.code, Some(2));
     assert!(bad.stderr.contains("invalid size unit"), "{}", bad.stderr);
