@@ -93,7 +93,12 @@ impl Dispatcher {
                     break;
                 }
             }
-            if !reading && unstarted.len() == 0 && self.tasks.is_empty() && self.parked_len == 0 && self.ready.is_empty() {
+            if !reading
+                && unstarted.len() == 0
+                && self.tasks.is_empty()
+                && self.parked_len == 0
+                && self.ready.is_empty()
+            {
                 return self.summary;
             }
             let limits = &self.ctx.net.limits;

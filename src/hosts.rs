@@ -55,11 +55,20 @@ pub struct Policy {
 pub enum State {
     Open,
     /// Nothing starts before `until`; `status` asked for it.
-    Paused { until: Instant, status: u16 },
+    Paused {
+        until: Instant,
+        status: u16,
+    },
     /// Unreachable since `since`; the next probe may start at `probe_at`.
-    Down { since: SystemTime, probe_at: Instant, probing: bool },
+    Down {
+        since: SystemTime,
+        probe_at: Instant,
+        probing: bool,
+    },
     /// Troubled for longer than `--host-timeout`: nothing starts again.
-    Gone { since: SystemTime },
+    Gone {
+        since: SystemTime,
+    },
 }
 
 /// Whether a request to the host may start.
@@ -72,7 +81,9 @@ pub enum Admit {
     /// is out).
     Later,
     /// Never: the host is gone.
-    Gone { since: SystemTime },
+    Gone {
+        since: SystemTime,
+    },
 }
 
 /// What one host went through, for the summary.
@@ -222,7 +233,8 @@ impl Health {
         }
         self.streak += 1;
         if self.streak >= self.cap && self.cap < self.policy.max {
-            self.cap = if self.cap < self.threshold { (self.cap * 2).min(self.threshold) } else { self.cap + 1 };
+            self.cap =
+                if self.cap < self.threshold { (self.cap * 2).min(self.threshold) } else { self.cap + 1 };
             self.cap = self.cap.min(self.policy.max);
             self.streak = 0;
         }
@@ -241,7 +253,8 @@ impl Health {
                     self.decrease(now);
                     self.record.pauses += 1;
                 }
-                let wait = retry_after.map_or(Duration::ZERO, |w| w.min(self.policy.max_delay)).max(self.backoff);
+                let wait =
+                    retry_after.map_or(Duration::ZERO, |w| w.min(self.policy.max_delay)).max(self.backoff);
                 let until = now + wait;
                 if !matches!(self.state, State::Down { .. }) {
                     let later = match self.state {
@@ -269,7 +282,8 @@ impl Health {
                 State::Down { .. } | State::Gone { .. } => {}
                 _ => {
                     self.record.outages += 1;
-                    self.state = State::Down { since: since_wall, probe_at: now + self.backoff, probing: false };
+                    self.state =
+                        State::Down { since: since_wall, probe_at: now + self.backoff, probing: false };
                     self.grow_backoff();
                 }
             },

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use crate::config::{Config, SplitPolicy};
 use crate::error::AttemptError;
+use crate::hosts::Trouble;
 use crate::pool::{Limits, Slot};
 use crate::progress::Reporter;
-use crate::hosts::Trouble;
 use crate::retry::{Budget, Class, RetryPolicy};
 use crate::shutdown::Shutdown;
 
@@ -67,7 +67,12 @@ impl Net {
     /// failure stands, or Ctrl-C came during the wait. A failure that was
     /// the host's (paused, unreachable) spends nothing and waits for the
     /// host instead, in [`Net::slot`].
-    pub async fn retry(&self, budget: &mut Budget, failure: Failure<'_>, slot: &mut Option<Slot>) -> Result<(), Stop> {
+    pub async fn retry(
+        &self,
+        budget: &mut Budget,
+        failure: Failure<'_>,
+        slot: &mut Option<Slot>,
+    ) -> Result<(), Stop> {
         let mut host_fault = false;
         if let Some(trouble) = failure.trouble {
             let change = self.limits.failed(failure.host, trouble, failure.retry_after, failure.error);
@@ -80,8 +85,10 @@ impl Net {
                 && budget.host_fault(self.limits.answers(failure.host));
         }
         let wait = if host_fault && failure.class == Class::Transient {
+            // The wait is the host's: until its pause ends, or (down) until
+            // a probe may go, which the slot's wait decides.
             budget.waive(failure.position);
-            Some(Duration::ZERO)
+            Some(self.limits.paused_for(failure.host).unwrap_or(Duration::ZERO))
         } else {
             budget.next(failure.class, failure.retry_after, failure.position)
         };

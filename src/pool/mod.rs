@@ -284,6 +284,19 @@ impl Limits {
         changed.then_some(after)
     }
 
+    /// How long `host` stays paused from now, if it is.
+    pub fn paused_for(&self, host: &str) -> Option<Duration> {
+        let line = lock(&self.line);
+        match line.hosts.get(host)?.health.as_ref()?.state() {
+            // In whole milliseconds, rounded up: a wait is never short.
+            State::Paused { until, .. } => {
+                let left = until.saturating_duration_since(Instant::now());
+                Some(Duration::from_millis(left.as_micros().div_ceil(1000) as u64))
+            }
+            _ => None,
+        }
+    }
+
     /// Responses `host` gave so far that did not ask for less.
     pub fn answers(&self, host: &str) -> u64 {
         let line = lock(&self.line);
@@ -298,7 +311,12 @@ impl Limits {
             .iter()
             .filter_map(|(host, h)| {
                 let health = h.health.as_ref()?;
-                Some(Troubled { host: host.clone(), state: health.state(), cap: health.cap(), record: health.record() })
+                Some(Troubled {
+                    host: host.clone(),
+                    state: health.state(),
+                    cap: health.cap(),
+                    record: health.record(),
+                })
             })
             .filter(|t| t.record != Record::default() || t.state != State::Open)
             .collect();

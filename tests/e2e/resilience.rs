@@ -98,7 +98,9 @@ fn retry_after_dates_and_caps() {
     // An hour and 100 s, both capped at --retry-max-delay; the backoff
     // alone would wait 10 to 20 ms. Uncapped, the run would outlast this
     // 20 s limit.
-    let args = ["-v", "--retry-delay", "10ms", "--retry-max-delay", "500ms", "m.txt"];
+    // One at a time: both answers pause their host, and each entry's
+    // announced wait is its own Retry-After only when they do not overlap.
+    let args = ["-v", "-j", "1", "--retry-delay", "10ms", "--retry-max-delay", "500ms", "m.txt"];
     let out = run(fetch(tmp.path()).args(args).timeout(Duration::from_secs(20)));
     assert_eq!(out.code, Some(0), "{out:?}");
     for path in ["/date", "/long"] {
@@ -123,13 +125,14 @@ fn httpdate_in(d: Duration) -> String {
 #[test]
 fn exhausted_retries_fail_with_the_reason_and_no_destination() {
     let server = Server::start();
-    server.route("/f", Route { statuses: std::iter::repeat_n((503, None), 10).collect(), ..Route::new("x") });
+    // A 500 is the entry's own failure (a 503 would pause the host instead).
+    server.route("/f", Route { statuses: std::iter::repeat_n((500, None), 10).collect(), ..Route::new("x") });
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "m.txt", &server.url("/f"));
     let out = run(fetch(tmp.path()).args(FAST).args(["--retries", "2", "m.txt"]));
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(server.requests_to("/f").len(), 3, "--retries 2 is three attempts");
-    assert!(out.stderr.contains("f: HTTP 503 Service Unavailable (after 3 attempts)"), "{}", out.stderr);
+    assert!(out.stderr.contains("f: HTTP 500 Internal Server Error (after 3 attempts)"), "{}", out.stderr);
     assert!(!tmp.path().join("f").exists());
 }
 
@@ -188,7 +191,9 @@ fn a_content_length_that_lies_never_yields_a_destination() {
     server.route("/f", Route { content_length: Some(20_000), ..Route::new(content(1, 10_000)) });
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "m.txt", &server.url("/f"));
-    let out = run(fetch(tmp.path()).args(FAST).args(["--retries", "1", "m.txt"]));
+    // The retry finds the connection closed before any answer: the host
+    // is down, and fails its entry after --host-timeout.
+    let out = run(fetch(tmp.path()).args(FAST).args(["--retries", "1", "--host-timeout", "1s", "m.txt"]));
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(!tmp.path().join("f").exists());
 }

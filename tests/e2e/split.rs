@@ -170,14 +170,15 @@ fn a_range_spends_its_budget_only_on_failures_without_progress() {
     write(tmp.path(), "m.txt", &format!("{url} big"));
     let args = ["--retries", "2", "--max-connections-per-file", "1", "m.txt"];
 
-    // Failures that bring nothing: given up after three attempts. Their
-    // Retry-After (capped at 50 ms) is honoured; the backoff alone would
-    // wait 10 to 20 ms first.
-    let failing = std::iter::repeat_n((503, Some("1".to_owned())), 10).collect();
+    // Failures of the entry's own (a 500, while the host is not paused)
+    // that bring nothing: given up after three attempts, each wait the
+    // fixed 50 ms backoff.
+    let failing = std::iter::repeat_n((500, None), 10).collect();
     server.route("/big", Route { statuses: failing, ..Route::new(body.clone()) });
-    let out = run(fetch(tmp.path()).args(FAST).arg("-v").args(args));
+    let fixed = ["--retry-delay", "50ms", "--retry-max-delay", "50ms"];
+    let out = run(fetch(tmp.path()).args(fixed).arg("-v").args(args));
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stderr.contains("big: HTTP 503 Service Unavailable (after 3 attempts)"), "{}", out.stderr);
+    assert!(out.stderr.contains("big: HTTP 500 Internal Server Error (after 3 attempts)"), "{}", out.stderr);
     let waits: Vec<_> =
         out.stderr.lines().filter_map(|l| l.split_once("; retrying in ")).map(|(_, w)| w).collect();
     assert_eq!(waits, ["50ms", "50ms"], "{}", out.stderr);
