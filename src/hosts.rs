@@ -5,23 +5,34 @@
 //! each request went.
 //!
 //! - A host that asks for less (`429`, `503`, or any `Retry-After`) is
-//!   paused: no request to it starts before the later of its `Retry-After`
-//!   (capped by `--retry-max-delay`) and the host's own backoff, and its
-//!   concurrency halves (at most once a pause). A `502`, a `504` or a read
-//!   timeout lowers the concurrency too (at most once a second). After
-//!   `cap` successes in a row the concurrency grows by one (doubling, after
-//!   an outage, until the previous level): additive increase, multiplicative
-//!   decrease, never above `--per-host`/`--jobs`.
+//!   paused: no request to it starts before its `Retry-After` (capped by
+//!   `--retry-max-delay`), or, when it asks again with no answer in between,
+//!   the host's backoff (`--retry-delay`, doubling). A `429` is a rate
+//!   limit: the host's requests are then paced at the rate it allowed since
+//!   its last `429` (a token bucket), growing slowly until the next one. A
+//!   `503`, a `502`, a `504` or a read timeout is overload: the host's
+//!   concurrency drops to one below what was in flight (at most once a
+//!   round of answers) and grows back slowly past that point, fast
+//!   (doubling) below it: additive increase, multiplicative decrease, never
+//!   above `--per-host`/`--jobs`.
 //! - A host that does not answer at all (refused, connect timeout, reset
 //!   before a response, a resolver that cannot answer) with no success since
-//!   its trouble began is down: one probe at a time tests it, with the
-//!   host's backoff between probes; the first answer reopens it, at one
-//!   request at a time.
+//!   its trouble began is down: one probe at a time tests it, with a backoff
+//!   between probes (`--retry-delay` doubling, at most [`PROBE_MAX`]); the
+//!   first answer reopens it, at one request at a time.
 //! - A host troubled without a success for longer than `--host-timeout` is
 //!   gone for the rest of the run: its entries fail at once.
-//! - `--max-rate` spaces the requests to a host by a token bucket of one.
+//! - `--max-rate` caps the pace of a host's requests the same way.
 
 use std::time::{Duration, Instant, SystemTime};
+
+/// The longest wait between two probes of a down host (or
+/// `--retry-max-delay`, if shorter): a probe costs one connection attempt,
+/// and a host that comes back is found within this.
+const PROBE_MAX: Duration = Duration::from_secs(5);
+
+/// What `--max-rate` and a learned pace let through at once, in time.
+const BUCKET: Duration = Duration::from_millis(50);
 
 /// How a request showed its host in trouble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +118,20 @@ pub struct Health {
     threshold: usize,
     /// Successes since the concurrency last changed.
     streak: usize,
-    /// The next pause or probe interval.
+    /// The next probe interval of a down host.
     backoff: Duration,
+    /// Times it asked for less with nothing else out and no answer in
+    /// between: the host's backoff grows with them.
+    busy_in_a_row: u32,
+    /// Counts the episodes of trouble: a failure of a request that started
+    /// before the current one began is part of it (a burst fails together)
+    /// and changes nothing more.
+    episode: u64,
+    /// The pace learned from its `429`s, in requests per second.
+    learned_rate: Option<f64>,
+    /// When the current rate cycle began (the last `429`'s pause), and
+    /// its count of answers then.
+    cycle: (Instant, u64),
     /// Its trouble began then, with no success since.
     trouble_since: Option<(Instant, SystemTime)>,
     last_decrease: Option<Instant>,
@@ -128,6 +151,10 @@ impl Health {
             threshold: policy.max.max(1),
             streak: 0,
             backoff: policy.delay,
+            busy_in_a_row: 0,
+            episode: 0,
+            learned_rate: None,
+            cycle: (Instant::now(), 0),
             trouble_since: None,
             last_decrease: None,
             answered: 0,
@@ -160,6 +187,7 @@ impl Health {
             && self.cap == self.policy.max.max(1)
             && self.trouble_since.is_none()
             && self.next_token.is_none()
+            && self.learned_rate.is_none()
             && self.record == Record::default()
     }
 
@@ -190,8 +218,9 @@ impl Health {
         }
     }
 
-    /// A request to it starts at `now` (after [`Health::admits`] said so).
-    pub fn start(&mut self, now: Instant) {
+    /// A request to it starts at `now` (after [`Health::admits`] said so);
+    /// the episode it starts in, for [`Health::failed`].
+    pub fn start(&mut self, now: Instant) -> u64 {
         if let State::Paused { until, .. } = self.state
             && now >= until
         {
@@ -200,9 +229,27 @@ impl Health {
         if let State::Down { probing, .. } = &mut self.state {
             *probing = true;
         }
-        if let Some(rate) = self.policy.max_rate {
+        if let Some(rate) = self.rate() {
+            // A bucket of 50 ms worth of tokens (at least one): a request
+            // that starts a little late, as timers do, costs no pace.
             let gap = Duration::from_secs_f64(1.0 / rate);
-            self.next_token = Some(self.next_token.map_or(now, |at| at.max(now)) + gap);
+            let slack = gap.mul_f64((rate * BUCKET.as_secs_f64()).max(1.0) - 1.0);
+            let floor = now.checked_sub(slack).unwrap_or(now);
+            self.next_token = Some(self.next_token.map_or(now, |at| at.max(floor)) + gap);
+        }
+        self.episode
+    }
+
+    /// The episode a request starting now would start in.
+    pub fn episode(&self) -> u64 {
+        self.episode
+    }
+
+    /// The pace of its requests: `--max-rate`, or slower if it asked.
+    fn rate(&self) -> Option<f64> {
+        match (self.policy.max_rate, self.learned_rate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -219,6 +266,11 @@ impl Health {
         self.answered += 1;
         self.trouble_since = None;
         self.backoff = self.policy.delay;
+        self.busy_in_a_row = 0;
+        if let Some(rate) = &mut self.learned_rate {
+            // About 0.5% a second faster, until the next 429 says otherwise.
+            *rate *= 1.0 + 0.005 / *rate;
+        }
         if let State::Down { since, .. } = self.state {
             self.end_outage(since);
             // Back at one at a time, doubling up to half where it was.
@@ -232,7 +284,11 @@ impl Health {
             self.state = State::Open;
         }
         self.streak += 1;
-        if self.streak >= self.cap && self.cap < self.policy.max {
+        // Back to where it was, a round of answers at a time; past it, one
+        // more after eight rounds, so that a server at its limit sees few
+        // requests beyond it.
+        let round = if self.cap < self.threshold { self.cap } else { 8 * self.cap };
+        if self.streak >= round && self.cap < self.policy.max {
             self.cap =
                 if self.cap < self.threshold { (self.cap * 2).min(self.threshold) } else { self.cap + 1 };
             self.cap = self.cap.min(self.policy.max);
@@ -240,38 +296,55 @@ impl Health {
         }
     }
 
-    /// A request failed with `trouble` at `now`; `retry_after` is the
-    /// server's word.
-    pub fn failed(&mut self, trouble: Trouble, retry_after: Option<Duration>, now: Instant) {
+    /// A request that started in episode `started` failed with `trouble`
+    /// at `now`, with `busy` requests to it in flight (this one included);
+    /// `retry_after` is the server's word.
+    pub fn failed(
+        &mut self,
+        trouble: Trouble,
+        retry_after: Option<Duration>,
+        busy: usize,
+        started: u64,
+        now: Instant,
+    ) {
         let wall = SystemTime::now();
         let (since, since_wall) = *self.trouble_since.get_or_insert((now, wall));
+        let fresh = started >= self.episode && trouble != Trouble::Unreachable;
+        if fresh {
+            self.episode += 1;
+        }
         match trouble {
             Trouble::Busy(status) => {
                 self.record.busy += 1;
-                let paused = matches!(self.state, State::Paused { until, .. } if until > now);
-                if !paused {
-                    self.decrease(now);
+                if fresh {
                     self.record.pauses += 1;
+                    // With others out, the server is at work: fewer at once
+                    // is the remedy, not a pause of its own.
+                    if busy <= 1 {
+                        self.busy_in_a_row += 1;
+                    }
+                    if status == 429 {
+                        self.learn_rate(now);
+                    }
                 }
-                let wait =
-                    retry_after.map_or(Duration::ZERO, |w| w.min(self.policy.max_delay)).max(self.backoff);
-                let until = now + wait;
-                if !matches!(self.state, State::Down { .. }) {
-                    let later = match self.state {
-                        State::Paused { until: old, .. } => old.max(until),
-                        _ => until,
+                if status != 429 {
+                    self.decrease(busy, now);
+                }
+                // Asked again with no answer in between: the host's backoff.
+                let backoff = match self.busy_in_a_row {
+                    0 | 1 => Duration::ZERO,
+                    n => (self.policy.delay * 2u32.saturating_pow(n - 2)).min(self.policy.max_delay),
+                };
+                let wait = retry_after.map_or(Duration::ZERO, |w| w.min(self.policy.max_delay)).max(backoff);
+                if !matches!(self.state, State::Down { .. }) && !wait.is_zero() {
+                    let until = match self.state {
+                        State::Paused { until: old, .. } => old.max(now + wait),
+                        _ => now + wait,
                     };
-                    self.state = State::Paused { until: later, status };
-                }
-                if !paused {
-                    self.grow_backoff();
+                    self.state = State::Paused { until, status };
                 }
             }
-            Trouble::Strained => {
-                if self.last_decrease.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
-                    self.decrease(now);
-                }
-            }
+            Trouble::Strained => self.decrease(busy, now),
             Trouble::Unreachable => match self.state {
                 // The probe failed: the next one waits longer.
                 State::Down { since, probing: true, .. } => {
@@ -316,15 +389,33 @@ impl Health {
         (!matches!(self.state, State::Gone { .. })).then(|| since + self.policy.host_timeout)
     }
 
-    fn decrease(&mut self, now: Instant) {
-        self.cap = (self.cap / 2).max(1);
+    /// Overload with `busy` in flight: one below that, the level the
+    /// server took. Each request of a burst it refused takes one more off:
+    /// from 16 at once against a server that takes 4, the 12 refused bring
+    /// it to 4.
+    fn decrease(&mut self, busy: usize, now: Instant) {
+        self.cap = busy.min(self.cap).saturating_sub(1).max(1);
         self.threshold = self.cap;
         self.streak = 0;
         self.last_decrease = Some(now);
     }
 
+    /// A `429` after a cycle of answers: pace at the rate they came, a
+    /// little under it.
+    fn learn_rate(&mut self, now: Instant) {
+        let (began, answered) = self.cycle;
+        let seconds = now.duration_since(began).as_secs_f64();
+        let answers = self.answered - answered;
+        if answers > 0 && seconds >= 0.05 {
+            let allowed = answers as f64 / seconds;
+            self.learned_rate = Some(allowed * 0.98);
+        }
+        self.cycle = (now, self.answered);
+        self.next_token = None;
+    }
+
     fn grow_backoff(&mut self) {
-        self.backoff = (self.backoff * 2).min(self.policy.max_delay);
+        self.backoff = (self.backoff * 2).min(self.policy.max_delay).min(PROBE_MAX);
     }
 
     fn end_outage(&mut self, since: SystemTime) {
@@ -348,52 +439,116 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_answer_pauses_and_halves_once_per_pause() {
+    fn a_busy_answer_pauses_for_its_retry_after_and_only_the_first_of_a_burst_counts() {
         let t0 = Instant::now();
         let mut h = Health::new(policy(16));
         assert_eq!(h.admits(15, t0), Admit::Now);
         assert_eq!(h.admits(16, t0), Admit::Later);
-        h.failed(Trouble::Busy(429), Some(Duration::from_secs(3)), t0);
-        assert_eq!(h.cap(), 8);
+        let started = h.start(t0);
+        h.failed(Trouble::Busy(429), Some(Duration::from_secs(3)), 16, started, t0);
         assert_eq!(h.admits(0, t0), Admit::At(t0 + Duration::from_secs(3)));
         assert!(h.is_blocked(t0));
-        // The other requests of the same burst do not halve it again.
-        h.failed(Trouble::Busy(429), Some(Duration::from_secs(3)), t0 + Duration::from_millis(5));
-        assert_eq!(h.cap(), 8);
-        assert_eq!(h.record().pauses, 1);
-        assert_eq!(h.record().busy, 2);
-        // Retry-After is capped; the host's backoff is the floor.
+        // Another request of the same burst (started before it) adds a
+        // 429 to the record, not a pause.
+        h.failed(
+            Trouble::Busy(429),
+            Some(Duration::from_secs(3)),
+            15,
+            started,
+            t0 + Duration::from_millis(5),
+        );
+        assert_eq!((h.record().pauses, h.record().busy), (1, 2));
+        // Retry-After is capped at --retry-max-delay.
         let t1 = t0 + Duration::from_secs(4);
-        assert_eq!(h.admits(0, t1), Admit::Now);
-        h.start(t1);
-        h.failed(Trouble::Busy(503), None, t1);
-        assert_eq!(h.admits(0, t1), Admit::At(t1 + Duration::from_secs(2)), "backoff doubled");
+        let started = h.start(t1);
+        h.failed(Trouble::Busy(503), Some(Duration::from_secs(3600)), 1, started, t1);
+        assert_eq!(h.admits(0, t1), Admit::At(t1 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn asked_again_with_nothing_else_out_and_no_answer_the_host_backs_off() {
+        let t0 = Instant::now();
+        let mut h = Health::new(policy(16));
+        let mut at = t0;
+        let mut pauses = Vec::new();
+        for _ in 0..4 {
+            let started = h.start(at);
+            h.failed(Trouble::Busy(503), None, 1, started, at);
+            let until = match h.admits(0, at) {
+                Admit::At(until) => until,
+                _ => at,
+            };
+            pauses.push(until - at);
+            at = until;
+        }
+        let s = Duration::from_secs;
+        assert_eq!(pauses, [s(0), s(1), s(2), s(4)]);
+        // An answer starts it over.
+        h.answered_at(at);
+        let started = h.start(at);
+        h.failed(Trouble::Busy(503), None, 1, started, at);
+        assert_eq!(h.admits(0, at), Admit::Now);
+    }
+
+    #[test]
+    fn overload_takes_one_off_per_refusal_and_grows_back_slowly_past_it() {
+        let t0 = Instant::now();
+        let mut h = Health::new(policy(16));
+        // 16 out against a server that takes 4: 12 refused.
+        let started = h.start(t0);
+        for busy in (5..=16).rev() {
+            h.failed(Trouble::Busy(503), None, busy, started, t0);
+        }
+        assert_eq!(h.cap(), 4);
+        assert_eq!(h.state(), State::Open, "others are out: no pause");
+        // Past the level it found, one more after eight rounds of answers.
+        for _ in 0..31 {
+            h.answered_at(t0);
+        }
+        assert_eq!(h.cap(), 4);
+        h.answered_at(t0);
+        assert_eq!(h.cap(), 5);
+        let started = h.start(t0);
+        h.failed(Trouble::Strained, None, 5, started, t0);
         assert_eq!(h.cap(), 4);
     }
 
     #[test]
-    fn successes_grow_the_concurrency_by_one_per_round() {
+    fn a_429_paces_the_host_at_the_rate_it_allowed() {
         let t0 = Instant::now();
-        let mut h = Health::new(policy(8));
-        h.failed(Trouble::Busy(429), None, t0);
-        assert_eq!(h.cap(), 4);
-        let t1 = t0 + Duration::from_secs(2);
-        for _ in 0..4 {
+        let mut h = Health::new(policy(16));
+        let started = h.start(t0);
+        h.failed(Trouble::Busy(429), Some(Duration::from_secs(1)), 16, started, t0);
+        // 100 answers in the next second, then a 429 again.
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..100 {
+            h.start(t1);
             h.answered_at(t1);
         }
-        assert_eq!(h.cap(), 5);
-        for _ in 0..5 + 6 + 7 + 8 {
-            h.answered_at(t1);
+        let started = h.start(t1);
+        h.failed(Trouble::Busy(429), Some(Duration::from_secs(1)), 16, started, t1);
+        let t2 = t1 + Duration::from_secs(1);
+        // 98 a second: about 10 ms apart, after a bucket of 50 ms.
+        let mut starts = 0;
+        let mut at = t2;
+        while at < t2 + Duration::from_secs(1) {
+            match h.admits(0, at) {
+                Admit::Now => {
+                    h.start(at);
+                    starts += 1;
+                }
+                Admit::At(next) => at = next,
+                other => panic!("{other:?}"),
+            }
         }
-        assert_eq!(h.cap(), 8, "never above the maximum");
-        assert_eq!(h.state(), State::Open);
+        assert!((95..=105).contains(&starts), "{starts} in a second");
     }
 
     #[test]
     fn an_unreachable_host_is_probed_one_at_a_time_and_reopens_at_one() {
         let t0 = Instant::now();
         let mut h = Health::new(policy(16));
-        h.failed(Trouble::Unreachable, None, t0);
+        h.failed(Trouble::Unreachable, None, 16, 0, t0);
         assert!(matches!(h.state(), State::Down { .. }));
         assert_eq!(h.admits(0, t0), Admit::At(t0 + Duration::from_secs(1)));
         let t1 = t0 + Duration::from_secs(1);
@@ -401,7 +556,7 @@ mod tests {
         assert_eq!(h.admits(0, t1), Admit::Now);
         h.start(t1);
         assert_eq!(h.admits(0, t1), Admit::Later, "one probe at a time");
-        h.failed(Trouble::Unreachable, None, t1);
+        h.failed(Trouble::Unreachable, None, 16, 0, t1);
         assert_eq!(h.admits(0, t1), Admit::At(t1 + Duration::from_secs(2)), "probes back off");
         let t2 = t1 + Duration::from_secs(2);
         h.start(t2);
@@ -420,29 +575,17 @@ mod tests {
     fn trouble_longer_than_the_host_timeout_makes_it_gone() {
         let t0 = Instant::now();
         let mut h = Health::new(Policy { host_timeout: Duration::from_secs(10), ..policy(4) });
-        h.failed(Trouble::Unreachable, None, t0);
+        h.failed(Trouble::Unreachable, None, 16, 0, t0);
         assert!(!h.expire(t0 + Duration::from_secs(9)));
         assert_eq!(h.expires_at(), Some(t0 + Duration::from_secs(10)));
         assert!(h.expire(t0 + Duration::from_secs(10)));
         assert!(matches!(h.admits(0, t0 + Duration::from_secs(11)), Admit::Gone { .. }));
         // A success in between starts the clock over.
         let mut h = Health::new(Policy { host_timeout: Duration::from_secs(10), ..policy(4) });
-        h.failed(Trouble::Busy(429), None, t0);
+        h.failed(Trouble::Busy(429), None, 16, 0, t0);
         h.answered_at(t0 + Duration::from_secs(5));
-        h.failed(Trouble::Busy(429), None, t0 + Duration::from_secs(12));
+        h.failed(Trouble::Busy(429), None, 16, 1, t0 + Duration::from_secs(12));
         assert!(!matches!(h.state(), State::Gone { .. }));
-    }
-
-    #[test]
-    fn strain_lowers_the_concurrency_at_most_once_a_second() {
-        let t0 = Instant::now();
-        let mut h = Health::new(policy(16));
-        h.failed(Trouble::Strained, None, t0);
-        h.failed(Trouble::Strained, None, t0 + Duration::from_millis(10));
-        assert_eq!(h.cap(), 8);
-        assert_eq!(h.state(), State::Open, "strain does not pause");
-        h.failed(Trouble::Strained, None, t0 + Duration::from_secs(1));
-        assert_eq!(h.cap(), 4);
     }
 
     #[test]

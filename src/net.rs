@@ -75,7 +75,9 @@ impl Net {
     ) -> Result<(), Stop> {
         let mut host_fault = false;
         if let Some(trouble) = failure.trouble {
-            let change = self.limits.failed(failure.host, trouble, failure.retry_after, failure.error);
+            let started = slot.as_ref().map_or(u64::MAX, Slot::episode);
+            let change =
+                self.limits.failed(failure.host, trouble, failure.retry_after, failure.error, started);
             if let Some(state) = change {
                 self.reporter.host_state(failure.host, &state);
             }

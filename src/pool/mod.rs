@@ -21,9 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, oneshot};
 
-use crate::hosts::{Admit, Health, Policy, Record, State, Trouble};
+use crate::hosts::{Health, Policy, Record, State, Trouble};
 
 mod keyed;
+mod line;
 
 pub use keyed::{Keyed, KeyedPermit};
 
@@ -133,6 +134,16 @@ pub struct Ticket {
 pub struct Slot {
     line: Arc<Mutex<Line>>,
     host: String,
+    /// Its host's episode of trouble when it was handed out.
+    episode: u64,
+}
+
+impl Slot {
+    /// Its host's episode of trouble when it was handed out: a failure
+    /// of a request started before the host's current trouble is part of it.
+    pub fn episode(&self) -> u64 {
+        self.episode
+    }
 }
 
 impl Limits {
@@ -268,15 +279,17 @@ impl Limits {
         trouble: Trouble,
         retry_after: Option<Duration>,
         error: &dyn std::fmt::Display,
+        started: u64,
     ) -> Option<State> {
         let mut line = lock(&self.line);
         let policy = line.policy;
         let entry = line.hosts.entry(host.to_owned()).or_default();
         entry.last = error.to_string();
         let new = entry.health.is_none();
+        let busy = entry.busy;
         let health = entry.health.get_or_insert_with(|| Health::new(policy));
         let before = health.state();
-        health.failed(trouble, retry_after, Instant::now());
+        health.failed(trouble, retry_after, busy, started, Instant::now());
         let after = health.state();
         line.troubled += usize::from(new);
         line.serve();
@@ -339,7 +352,11 @@ impl Ticket {
         let served = rx.await.unwrap_or(Ok(()));
         self.served = true;
         served?;
-        Ok(Slot { line: self.line.clone(), host: std::mem::take(&mut self.host) })
+        let episode = {
+            let line = lock(&self.line);
+            line.hosts.get(&self.host).and_then(|h| h.health.as_ref()).map_or(0, Health::episode)
+        };
+        Ok(Slot { line: self.line.clone(), host: std::mem::take(&mut self.host), episode })
     }
 }
 
@@ -362,131 +379,6 @@ impl Drop for Slot {
         let mut line = lock(&self.line);
         line.release(&self.host);
         line.serve();
-    }
-}
-
-impl Line {
-    /// Hand free slots to the waiting tickets, in order: a ticket whose host
-    /// is full, paused or down is passed over, one of a gone host refused,
-    /// one not asked for yet stops the round. Sets a timer for the earliest
-    /// time a host passed over may take one, or expires.
-    fn serve(&mut self) {
-        let now = Instant::now();
-        let mut served = Vec::new();
-        let mut refused = Vec::new();
-        let mut wake: Option<Instant> = None;
-        for (&number, waiter) in &self.waiting {
-            if self.in_use >= self.jobs {
-                break;
-            }
-            let host = self.hosts.get(&waiter.host);
-            let busy = host.map_or(0, |h| h.busy);
-            let admit = match host.and_then(|h| h.health.as_ref()) {
-                Some(health) => health.admits(busy, now),
-                None if self.per_host.is_some_and(|cap| busy >= cap) => Admit::Later,
-                None => Admit::Now,
-            };
-            match admit {
-                Admit::Now => {}
-                Admit::At(at) => {
-                    wake = Some(wake.map_or(at, |w| w.min(at)));
-                    continue;
-                }
-                Admit::Later => continue,
-                Admit::Gone { since } => {
-                    if waiter.wake.is_some() {
-                        refused.push((number, self.unavailable(&waiter.host, since)));
-                    }
-                    continue;
-                }
-            }
-            if self.per_host.is_some_and(|cap| busy >= cap) {
-                continue;
-            }
-            if waiter.wake.is_none() {
-                break;
-            }
-            self.in_use += 1;
-            let policy = self.policy;
-            let host = self.hosts.entry(waiter.host.clone()).or_default();
-            host.busy += 1;
-            if policy.max_rate.is_some() && host.health.is_none() {
-                host.health = Some(Health::new(policy));
-                self.troubled += 1;
-            }
-            if let Some(health) = &mut host.health {
-                health.start(now);
-            }
-            served.push(number);
-        }
-        for number in served {
-            let waiter = self.waiting.remove(&number).expect("served from the line");
-            if let Some(wake) = waiter.wake {
-                // A receiver gone means the ticket is being dropped; its
-                // drop finds it out of line and releases the slot.
-                let _ = wake.send(Ok(()));
-            }
-        }
-        for (number, unavailable) in refused {
-            let waiter = self.waiting.remove(&number).expect("refused from the line");
-            if let Some(wake) = waiter.wake {
-                let _ = wake.send(Err(unavailable));
-            }
-        }
-        // Also when a pause ends or a trouble expires: the dispatcher may
-        // hold entries for the host.
-        for health in self.hosts.values().filter_map(|h| h.health.as_ref()) {
-            let until = match health.state() {
-                State::Paused { until, .. } if until > now => Some(until),
-                _ => None,
-            };
-            for at in [health.expires_at(), until].into_iter().flatten() {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
-            }
-        }
-        if let Some(at) = wake {
-            self.wake_at(at);
-        }
-    }
-
-    /// Serve the line again at `at`, unless a timer will before.
-    fn wake_at(&mut self, at: Instant) {
-        if self.timer.is_some_and(|t| t <= at && t > Instant::now()) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        self.timer = Some(at);
-        let me = self.me.clone();
-        runtime.spawn(async move {
-            tokio::time::sleep_until(at.into()).await;
-            let Some(line) = me.upgrade() else { return };
-            let mut line = lock(&line);
-            line.timer = None;
-            let now = Instant::now();
-            for health in line.hosts.values_mut().filter_map(|h| h.health.as_mut()) {
-                health.expire(now);
-            }
-            line.changed.notify_one();
-            line.serve();
-        });
-    }
-
-    fn unavailable(&self, host: &str, since: SystemTime) -> Unavailable {
-        let last = self.hosts.get(host).map_or_else(String::new, |h| h.last.clone());
-        Unavailable { host: host.to_owned(), since, last }
-    }
-
-    fn release(&mut self, host: &str) {
-        self.in_use -= 1;
-        let Some(entry) = self.hosts.get_mut(host) else { return };
-        entry.busy -= 1;
-        if let Some(health) = &mut entry.health {
-            health.released();
-        }
-        if entry.busy == 0 && entry.health.as_ref().is_none_or(Health::is_pristine) {
-            let had = self.hosts.remove(host).is_some_and(|h| h.health.is_some());
-            self.troubled -= usize::from(had);
-        }
     }
 }
 
@@ -531,7 +423,7 @@ mod tests {
     async fn a_paused_host_waits_without_holding_up_others_and_a_gone_one_is_refused() {
         let limits = Limits::new(4, None, Policy { host_timeout: Duration::from_millis(300), ..policy() });
         let slot = limits.slot("a").await.unwrap();
-        limits.failed("a", Trouble::Busy(429), Some(Duration::from_secs(30)), &"HTTP 429");
+        limits.failed("a", Trouble::Busy(429), Some(Duration::from_secs(30)), &"HTTP 429", 0);
         assert_eq!(limits.gate("a"), Gate::Blocked);
         drop(slot);
         let a = tokio::spawn({
