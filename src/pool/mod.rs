@@ -294,6 +294,10 @@ impl Limits {
         line.troubled += usize::from(new);
         line.serve();
         let changed = std::mem::discriminant(&before) != std::mem::discriminant(&after);
+        if changed {
+            // Gone: the dispatcher fails what it holds for the host.
+            self.changed.notify_one();
+        }
         changed.then_some(after)
     }
 
