@@ -18,7 +18,7 @@
 //! - A host that does not answer at all (refused, connect timeout, reset
 //!   before a response, a resolver that cannot answer) with no success since
 //!   its trouble began is down: one probe at a time tests it, with a backoff
-//!   between probes (`--retry-delay` doubling, at most [`PROBE_MAX`]); the
+//!   between probes (`--retry-delay` doubling, at most 5 s); the
 //!   first answer reopens it, at one request at a time.
 //! - A host troubled without a success for longer than `--host-timeout` is
 //!   gone for the rest of the run: its entries fail at once.
