@@ -84,7 +84,7 @@ impl Dispatcher {
             }
             while self.has_room() {
                 if let Some(entry) = self.ready.pop_front() {
-                    self.spawn(entry);
+                    self.spawn_ready(entry);
                 } else if self.parked_len < PARKED_MAX
                     && let Some(item) = unstarted.next()
                 {
@@ -143,7 +143,7 @@ impl Dispatcher {
                     return;
                 }
                 match self.ctx.net.limits.gate(&host) {
-                    Gate::Open | Gate::Probe => self.spawn(*entry),
+                    Gate::Open | Gate::Probe => self.spawn(*entry, &host),
                     Gate::Blocked => {
                         self.parked.entry(host).or_default().push_back(*entry);
                         self.parked_len += 1;
@@ -159,10 +159,15 @@ impl Dispatcher {
         }
     }
 
-    fn spawn(&mut self, entry: Entry) {
+    fn spawn(&mut self, entry: Entry, host: &str) {
         // Taken here, in manifest order: slots go by tickets.
-        let ticket = self.ctx.net.limits.ticket(&download::host_key(&entry.url));
+        let ticket = self.ctx.net.limits.ticket(host);
         self.tasks.spawn(download::download(entry, ticket, self.ctx.clone()));
+    }
+
+    fn spawn_ready(&mut self, entry: Entry) {
+        let host = download::host_key(&entry.url);
+        self.spawn(entry, &host);
     }
 
     /// Move the entries of hosts that reopened to the ready queue (one, for

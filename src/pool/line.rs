@@ -2,7 +2,7 @@
 
 use std::time::{Instant, SystemTime};
 
-use super::{Health, Line, State, Unavailable, lock};
+use super::{Health, Host, Line, State, Unavailable, lock};
 use crate::hosts::Admit;
 
 impl Line {
@@ -48,23 +48,24 @@ impl Line {
             }
             self.in_use += 1;
             let policy = self.policy;
-            let host = self.hosts.entry(waiter.host.clone()).or_default();
+            if !self.hosts.contains_key(&waiter.host) {
+                self.hosts.insert(waiter.host.clone(), Host::default());
+            }
+            let host = self.hosts.get_mut(&waiter.host).expect("inserted above");
             host.busy += 1;
             if policy.max_rate.is_some() && host.health.is_none() {
                 host.health = Some(Health::new(policy));
                 self.troubled += 1;
             }
-            if let Some(health) = &mut host.health {
-                health.start(now);
-            }
-            served.push(number);
+            let episode = host.health.as_mut().map_or(0, |health| health.start(now));
+            served.push((number, episode));
         }
-        for number in served {
+        for (number, episode) in served {
             let waiter = self.waiting.remove(&number).expect("served from the line");
             if let Some(wake) = waiter.wake {
                 // A receiver gone means the ticket is being dropped; its
                 // drop finds it out of line and releases the slot.
-                let _ = wake.send(Ok(()));
+                let _ = wake.send(Ok(episode));
             }
         }
         for (number, unavailable) in refused {

@@ -85,7 +85,8 @@ struct Host {
 struct Waiter {
     host: String,
     /// `None` until the ticket's holder asks for its slot.
-    wake: Option<oneshot::Sender<Result<(), Unavailable>>>,
+    /// Sent the host's episode of trouble when served.
+    wake: Option<oneshot::Sender<Result<u64, Unavailable>>>,
 }
 
 /// A host that was troubled for longer than `--host-timeout`: no request
@@ -353,13 +354,9 @@ impl Ticket {
         }
         // The sender is only dropped after it has sent: when served, the
         // ticket has left the line and the slot is ours (counted in `serve`).
-        let served = rx.await.unwrap_or(Ok(()));
+        let served = rx.await.unwrap_or(Ok(0));
         self.served = true;
-        served?;
-        let episode = {
-            let line = lock(&self.line);
-            line.hosts.get(&self.host).and_then(|h| h.health.as_ref()).map_or(0, Health::episode)
-        };
+        let episode = served?;
         Ok(Slot { line: self.line.clone(), host: std::mem::take(&mut self.host), episode })
     }
 }
