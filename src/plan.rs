@@ -12,6 +12,7 @@ use std::io::{self, Write};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::dest::{self, Found};
 use crate::manifest::{Item, Reader};
 use crate::progress::Reporter;
 use crate::redact;
@@ -31,7 +32,7 @@ pub fn run(config: Config, reporter: &Reporter) -> Summary {
             Item::Entry(entry) => {
                 let dest = entry.dest.display().to_string();
                 let dest = crate::progress::escape(&dest);
-                if !config.overwrite && std::fs::symlink_metadata(&entry.dest).is_ok() {
+                if !config.overwrite && dest::look(&entry.dest, entry.size) == Found::Keep {
                     summary.skipped += 1;
                     writeln!(out, "skip      {dest}  (exists)")
                 } else if let Err(e) = config.tree.check_parent(&entry.dest) {

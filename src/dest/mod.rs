@@ -29,3 +29,26 @@ mod tree;
 pub use dirs::{MadeDir, MadeDirs, create_dirs, open_dir};
 pub use path::{DestError, Rules, name_from_url};
 pub use tree::{DestTree, Parent, PrepareError};
+
+/// What is at a destination before an entry starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    Nothing,
+    /// Kept: the entry is skipped as existing.
+    Keep,
+    /// A regular file whose size is not the manifest's `size`: not the
+    /// file the manifest describes, so it is downloaded again and replaced
+    /// in one rename, as with `--overwrite`.
+    WrongSize,
+}
+
+/// Look at `path` (without following a symlink there): the one system
+/// call the existence check costs anyway, its size compared with the
+/// manifest's `size` when it gives one.
+pub fn look(path: &std::path::Path, size: Option<u64>) -> Found {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Found::Nothing,
+        Ok(meta) if meta.is_file() && size.is_some_and(|size| size != meta.len()) => Found::WrongSize,
+        Ok(_) => Found::Keep,
+    }
+}

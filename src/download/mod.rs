@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 
 use crate::commit::Committer;
-use crate::dest::DestTree;
+use crate::dest::{self, DestTree, Found};
 use crate::error::{AttemptError, DownloadError};
 use crate::fsx::{Committed, Opened, Partial};
 use crate::manifest::{Entry, LineError};
@@ -138,16 +138,14 @@ fn record(outcome: &mut Outcome, result: Result<Done, DownloadError>) -> Option<
     Some(())
 }
 
-fn exists(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
-}
-
 /// An entry that has its destination to itself, a slot, and its locked
 /// partial file.
 struct Claimed {
     permit: KeyedPermit<PathBuf>,
     slot: Option<Slot>,
     partial: Partial,
+    /// The destination holds a file of the wrong size: replace it.
+    replace: bool,
 }
 
 async fn run(
@@ -160,13 +158,16 @@ async fn run(
         Ok(claimed) => claimed,
         Err(done) => return Ok(done),
     };
-    let Claimed { permit, mut slot, partial } = claimed;
+    let Claimed { permit, mut slot, partial, replace } = claimed;
     let transfer_started = Instant::now();
     let partial = fetch::fetch(entry, ctx, partial, &mut slot, outcome).await?;
     outcome.transfer = Some(transfer_started.elapsed());
     let dest = &entry.dest;
-    let pending =
-        ctx.committer.submit(partial, dest.clone(), ctx.overwrite).await.map_err(DownloadError::Commit)?;
+    let pending = ctx
+        .committer
+        .submit(partial, dest.clone(), ctx.overwrite || replace)
+        .await
+        .map_err(DownloadError::Commit)?;
     drop(slot);
     match pending.wait().await.map_err(DownloadError::Commit)? {
         Committed::Renamed => {
@@ -200,7 +201,8 @@ async fn claim(
     // Not looked for where this run knows it cannot be: a system call per
     // entry saved, 10% of the CPU on 1-byte files in new directories.
     let unknown = !ctx.overwrite && ctx.tree.may_exist(dest);
-    if unknown && exists(dest) {
+    let mut found = if unknown { dest::look(dest, entry.size) } else { Found::Nothing };
+    if found == Found::Keep {
         return Ok(Err(Done::Skipped(SkipReason::Exists)));
     }
     // Entries of this run that share a destination go one at a time; a later
@@ -228,8 +230,11 @@ async fn claim(
     }
     // An earlier entry for this destination may have placed it between the
     // look above and this turn; the filter tells, and only then the disk.
-    if !ctx.overwrite && !unknown && ctx.tree.may_have_placed(dest) && exists(dest) {
-        return Ok(Err(Done::Skipped(SkipReason::Exists)));
+    if !ctx.overwrite && !unknown && ctx.tree.may_have_placed(dest) {
+        found = dest::look(dest, entry.size);
+        if found == Found::Keep {
+            return Ok(Err(Done::Skipped(SkipReason::Exists)));
+        }
     }
     let Some(slot) = shutdown.unless_cancelled(ticket.slot()).await else {
         return Ok(Err(Done::NotStarted));
@@ -243,7 +248,9 @@ async fn claim(
         ctx.committer.watch(&parent.handle);
     }
     match Partial::open(parent.handle.clone(), dest, !parent.fresh).map_err(partial_error(dest))? {
-        Opened::Locked(partial) => Ok(Ok(Claimed { permit, slot: Some(slot), partial })),
+        Opened::Locked(partial) => {
+            Ok(Ok(Claimed { permit, slot: Some(slot), partial, replace: found == Found::WrongSize }))
+        }
         Opened::Busy => Ok(Err(Done::Skipped(SkipReason::LockedByOtherProcess))),
     }
 }

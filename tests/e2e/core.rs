@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 pub use sha2_hex::sha256_hex;
 
-use crate::{Route, Server, fetch, fetch_std, files, run, wait_until, write};
+use crate::{Route, Server, fetch, fetch_std, files, report, run, wait_until, write};
 
 mod sha2_hex {
     /// sha256 through the `sha256sum` tool, so the test does not share the
@@ -190,6 +190,42 @@ fn destinations_stay_inside_dir() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(abs.exists() && tmp.path().join("up.bin").exists());
     assert!(outside.path().join("evil.bin").exists() && outside.path().join("sub/evil.bin").exists());
+}
+
+#[test]
+fn an_existing_file_whose_size_is_not_the_manifests_is_downloaded_again() {
+    let server = Server::start();
+    let right = server.file("/right", 2, 100);
+    let wrong = server.file("/wrong", 3, 100);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("right"), &right).unwrap();
+    // Truncated, empty, and a directory of that name (kept: not a file).
+    write(tmp.path(), "wrong", "trunc");
+    write(tmp.path(), "empty", "");
+    std::fs::create_dir(tmp.path().join("dir")).unwrap();
+    let line = |path: &str, name: &str| {
+        format!("{{\"url\": \"{}\", \"path\": \"{name}\", \"size\": 100}}\n", server.url(path))
+    };
+    let manifest = line("/right", "right")
+        + &line("/wrong", "wrong")
+        + &line("/wrong", "empty")
+        + &line("/wrong", "dir");
+    write(tmp.path(), "m.jsonl", &manifest);
+    let out = run(fetch(tmp.path()).args(["--report", "r.jsonl", "m.jsonl"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(server.requests_to("/right").is_empty(), "the right size is trusted: no request");
+    assert_eq!(server.requests_to("/wrong").len(), 2, "wrong and empty, not the directory");
+    assert_eq!(std::fs::read(tmp.path().join("wrong")).unwrap(), wrong);
+    assert_eq!(std::fs::read(tmp.path().join("empty")).unwrap(), wrong);
+    assert!(tmp.path().join("dir").is_dir());
+    let records = report(&tmp.path().join("r.jsonl"));
+    assert_eq!(records["right"]["status"], "skipped", "{records:?}");
+    assert_eq!(records["wrong"]["status"], "downloaded", "{records:?}");
+    // --dry-run says the same.
+    write(tmp.path(), "wrong", "trunc again");
+    let out = run(fetch(tmp.path()).args(["--dry-run", "m.jsonl"]));
+    assert!(out.stdout.contains("skip      right  (exists)"), "{}", out.stdout);
+    assert!(out.stdout.lines().any(|l| l.starts_with("download  wrong ")), "{}", out.stdout);
 }
 
 #[test]
