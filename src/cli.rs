@@ -88,6 +88,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Retries")]
     pub retry_max_delay: HumanDuration,
 
+    /// Leave a downloaded file's modification time at the time of download. By
+    /// default it is the server's Last-Modified, as wget sets it (curl -R), so that
+    /// make and rsync see when the file changed, not when it was fetched.
+    #[arg(long, help_heading = "Destinations")]
+    pub no_remote_time: bool,
+
     /// Fail the entries of a host that has not answered (or only asked for less: 429,
     /// 503) for this long. Until then they wait for it instead of spending their
     /// retries; long enough for a VPN to reconnect or a server to reboot.

@@ -30,6 +30,8 @@ pub struct Config {
     pub host_timeout: Duration,
     pub max_rate: Option<f64>,
     pub resume: bool,
+    /// Files get the server's Last-Modified as their mtime.
+    pub remote_time: bool,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// `-H` headers, every value marked sensitive.
@@ -170,6 +172,7 @@ impl Config {
             host_timeout: cli.host_timeout.0,
             max_rate: cli.max_rate,
             resume: !cli.no_resume,
+            remote_time: !cli.no_remote_time,
             connect_timeout: cli.connect_timeout.0,
             read_timeout: cli.read_timeout.0,
             headers,

@@ -195,6 +195,7 @@ fn context(
         headers: config.headers,
         overwrite: config.overwrite,
         resume: config.resume,
+        remote_time: config.remote_time,
     }))
 }
 

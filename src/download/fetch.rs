@@ -93,7 +93,14 @@ pub(super) async fn fetch(
             t.restart(&mut partial).map_err(partial_error(dest))?;
         }
         let error = match t.step(&mut partial, resumed.take(), slot, outcome).await {
-            Step::Complete => return Ok(partial),
+            Step::Complete => {
+                let modified =
+                    t.state.last_modified.as_deref().and_then(|v| httpdate::parse_http_date(v).ok());
+                if let Some(time) = modified.filter(|_| ctx.remote_time) {
+                    partial.set_modified(time);
+                }
+                return Ok(partial);
+            }
             Step::Spliced(_) if !restarted_for_checksum => {
                 restarted_for_checksum = true;
                 t.restart_plain(&mut partial).map_err(partial_error(dest))?;

@@ -39,6 +39,8 @@ pub struct Context {
     pub headers: HeaderMap,
     pub overwrite: bool,
     pub resume: bool,
+    /// Give files the server's `Last-Modified` as their mtime.
+    pub remote_time: bool,
 }
 
 /// The `--per-host` key of `url`: host and port.

@@ -8,11 +8,12 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::SystemTime;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::place::{Complete, PartFile, Staged};
+use super::place::{Complete, PartFile, Staged, set_modified};
 use super::{
     Committed, DIRECT_WRITE, Dir, LOCK_TRIES, LockedElsewhere, META_MAX, Meta, Names, WRITE_BUFFER,
     WRITEBACK_EVERY, meta_text, remove_if_exists, remove_meta,
@@ -41,6 +42,9 @@ pub struct Partial {
     meta_on_disk: bool,
     /// The filesystem the file is on (`st_dev`), once there is a file.
     dev: u64,
+    /// The modification time to give the finished file (the server's
+    /// `Last-Modified`), set after its last write.
+    modified: Option<SystemTime>,
 }
 
 #[derive(Debug)]
@@ -184,6 +188,7 @@ impl Partial {
             pending_meta: None,
             meta_on_disk: false,
             dev: 0,
+            modified: None,
         };
         if !look {
             return Ok(Opened::Locked(partial));
@@ -382,10 +387,10 @@ impl Partial {
     /// not be written (ENOSPC, EIO) cannot be trusted for resume.
     pub fn finish(mut self) -> io::Result<Complete> {
         let Some(mut file) = self.file.take() else {
-            let Partial { buf, dir, names, .. } = self;
-            return Ok(Complete::Buffered { bytes: buf, dir, names });
+            let Partial { buf, dir, names, modified, .. } = self;
+            return Ok(Complete::Buffered { bytes: buf, dir, names, modified });
         };
-        let written = file.write_all(&self.buf);
+        let written = file.write_all(&self.buf).and_then(|()| set_modified(&file, self.modified));
         let Partial { dir, names, meta_on_disk, dev, .. } = self;
         let staged = Staged { file, dev, dir, names, part: Some(PartFile { meta_on_disk }) };
         match written {
@@ -395,6 +400,11 @@ impl Partial {
                 Err(e)
             }
         }
+    }
+
+    /// Give the finished file `time` as its modification time.
+    pub fn set_modified(&mut self, time: SystemTime) {
+        self.modified = Some(time);
     }
 
     /// Flush to disk and move into place, one file on its own (blocking:

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::time::SystemTime;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
@@ -18,8 +19,8 @@ use super::{Committed, Dir, DirectoryRemoved, Names, remove_if_exists, remove_me
 pub enum Complete {
     /// In its part file.
     Staged(Staged),
-    /// Never left the buffer: no file yet.
-    Buffered { bytes: Vec<u8>, dir: Dir, names: Names },
+    /// Never left the buffer: no file yet; `modified` is for the file.
+    Buffered { bytes: Vec<u8>, dir: Dir, names: Names, modified: Option<SystemTime> },
 }
 
 impl Complete {
@@ -28,12 +29,14 @@ impl Complete {
     /// name of its own, a lock or cleaning up after a crash; else (and to
     /// replace a file, which a link cannot) a locked part file.
     pub fn stage(self, overwrite: bool) -> io::Result<Staged> {
-        let (bytes, dir, names) = match self {
+        let (bytes, dir, names, modified) = match self {
             Complete::Staged(staged) => return Ok(staged),
-            Complete::Buffered { bytes, dir, names } => (bytes, dir, names),
+            Complete::Buffered { bytes, dir, names, modified } => (bytes, dir, names, modified),
         };
         if !overwrite {
-            match unnamed(&dir, &bytes) {
+            match unnamed(&dir, &bytes)
+                .and_then(|(file, dev)| set_modified(&file, modified).map(|()| (file, dev)))
+            {
                 Ok((file, dev)) => return Ok(Staged { file, dev, dir, names, part: None }),
                 Err(e) if unnamed_unsupported(&e) => {}
                 Err(e) => return Err(DirectoryRemoved::check(&dir, e)),
@@ -41,7 +44,7 @@ impl Complete {
         }
         let (file, dev) = create_part(&dir, &names).map_err(|e| DirectoryRemoved::check(&dir, e))?;
         let staged = Staged { file, dev, dir, names, part: Some(PartFile { meta_on_disk: false }) };
-        match staged.file.write_all_at(&bytes, 0) {
+        match staged.file.write_all_at(&bytes, 0).and_then(|()| set_modified(&staged.file, modified)) {
             Ok(()) => Ok(staged),
             Err(e) => {
                 staged.discard();
@@ -49,6 +52,11 @@ impl Complete {
             }
         }
     }
+}
+
+/// Give `file` its modification time, after its last write.
+pub(super) fn set_modified(file: &File, modified: Option<SystemTime>) -> io::Result<()> {
+    modified.map_or(Ok(()), |time| file.set_modified(time))
 }
 
 /// A complete file waiting for its commit: its bytes are written, not yet

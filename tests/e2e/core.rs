@@ -229,6 +229,30 @@ fn an_existing_file_whose_size_is_not_the_manifests_is_downloaded_again() {
 }
 
 #[test]
+fn a_file_gets_the_servers_last_modified_as_its_mtime_unless_told_not_to() {
+    use std::os::unix::fs::MetadataExt;
+    let server = Server::start();
+    let date = "Wed, 21 Oct 2015 07:28:00 GMT";
+    let stamped = |body: Vec<u8>| Route { last_modified: Some(date.into()), ..Route::new(body) };
+    // One that stays in memory until its commit, one that outgrows the buffer.
+    server.route("/small", stamped(b"small".to_vec()));
+    server.route("/large", stamped(vec![7; 600_000]));
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{}\n{}\n", server.url("/small"), server.url("/large")));
+    let mtime = |name: &str| std::fs::metadata(tmp.path().join(name)).unwrap().mtime();
+    let out = run(fetch(tmp.path()).arg("m.txt"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!((mtime("small"), mtime("large")), (1_445_412_480, 1_445_412_480));
+    // Replaced with --overwrite: the same; with --no-remote-time: now.
+    let out = run(fetch(tmp.path()).args(["--overwrite", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!((mtime("small"), mtime("large")), (1_445_412_480, 1_445_412_480));
+    let out = run(fetch(tmp.path()).args(["--overwrite", "--no-remote-time", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(mtime("small") > 1_700_000_000 && mtime("large") > 1_700_000_000);
+}
+
+#[test]
 fn existing_files_are_skipped_without_a_request_and_overwrite_is_atomic() {
     let server = Server::start();
     let fresh = server.file("/f", 1, 5000);
