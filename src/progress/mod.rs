@@ -23,17 +23,22 @@
 //! host's handle because every transfer already reports its bytes here.
 
 mod bars;
+mod health;
 mod layout;
 mod text;
 
+use std::collections::HashMap;
+use std::mem::Discriminant;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 
 use self::bars::{Bars, Counters};
+pub use self::health::{HostStatus, HostsView};
+use self::health::{Watch, state_text, summary_lines};
 use self::text::line;
 pub use self::text::{escape, human_bytes, human_duration};
 use crate::config::{Display, Verbosity};
@@ -51,13 +56,20 @@ pub struct Reporter {
     counters: Arc<Counters>,
     hosts: Hosts,
     bars: Option<Arc<Bars>>,
+    /// The run's troubled hosts, for the bars and the summary.
+    watch: Arc<Watch>,
+    /// The kind of state last logged for each host: each change once.
+    logged: Mutex<HashMap<String, Discriminant<State>>>,
+    /// "No host answers" was said, and no host answered since.
+    all_down_told: AtomicBool,
 }
 
 impl Reporter {
     pub fn new(verbosity: Verbosity, display: Display) -> Reporter {
         let counters = Arc::new(Counters::new());
+        let watch = Arc::new(Watch::default());
         let bars = match display {
-            Display::Bar { forced } => Some(Bars::start(counters.clone(), forced)),
+            Display::Bar { forced } => Some(Bars::start(counters.clone(), watch.clone(), forced)),
             Display::Log | Display::None => None,
         };
         Reporter {
@@ -65,7 +77,16 @@ impl Reporter {
             counters,
             hosts: Hosts::default(),
             bars,
+            watch,
+            logged: Mutex::new(HashMap::new()),
+            all_down_told: AtomicBool::new(false),
         }
+    }
+
+    /// Where the bars and the summary see the run's troubled hosts from;
+    /// set once, when the run's limits exist.
+    pub fn watch_hosts(&self, view: HostsView) {
+        self.watch.set(view);
     }
 
     /// The number of entries the manifest holds, once counted.
@@ -100,21 +121,28 @@ impl Reporter {
         }
     }
 
-    /// A host's state changed ([`crate::hosts`]): logged with `-v`.
+    /// A host's state changed ([`crate::hosts`]): logged with `-v`, once
+    /// per change of kind (a pause renewed is not a change).
     pub fn host_state(&self, host: &str, state: &State) {
-        if self.verbosity < Verbosity::Verbose {
+        let kind = std::mem::discriminant(state);
+        let before = self.logged.lock().expect("logged hosts").insert(host.to_owned(), kind);
+        if *state == State::Open {
+            self.all_down_told.store(false, Ordering::Relaxed);
+        }
+        // A host never logged was open.
+        let unchanged = before.map_or(*state == State::Open, |b| b == kind);
+        if unchanged || self.verbosity < Verbosity::Verbose {
             return;
         }
-        let now = Instant::now();
-        let text = match state {
-            State::Open => "open again".to_owned(),
-            State::Paused { until, status } => {
-                format!("paused {} ({status})", human_duration(until.saturating_duration_since(now)))
-            }
-            State::Down { .. } => "down: no answer; probing".to_owned(),
-            State::Gone { .. } => "gone: no answer for longer than --host-timeout".to_owned(),
-        };
-        self.line(format_args!("host        {}: {text}", escape(host)));
+        self.line(format_args!("host        {host}: {}", state_text(state, Instant::now())));
+    }
+
+    /// Every host with work is down at once: said once, until one answers.
+    pub fn all_down(&self, hosts: usize) {
+        if self.verbosity == Verbosity::Quiet || self.all_down_told.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.error(&format_args!("no host answers ({hosts} down): is the network down?"));
     }
 
     pub fn finished(&self, outcome: &Outcome) {
@@ -174,6 +202,9 @@ impl Reporter {
             human_duration(elapsed),
             human_bytes((summary.bytes as f64 / secs) as u64),
         ));
+        for text in summary_lines(&self.watch.hosts()) {
+            self.line(format_args!("fetch: {text}"));
+        }
     }
 
     /// A problem with the run itself rather than one entry.
