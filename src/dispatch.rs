@@ -202,8 +202,6 @@ impl Dispatcher {
 
     /// An entry whose host is gone: failed without a request.
     fn fail(&mut self, entry: &Entry, waited: Duration, unavailable: crate::pool::Unavailable) {
-        // Gone by its timer rather than by a failure: logged here (once).
-        self.reporter.host_state(&unavailable.host, &State::Gone { since: unavailable.since });
         let mut outcome = Outcome::start(entry);
         outcome.waited = waited;
         outcome.error = Some(DownloadError::Attempt(AttemptError::Unavailable(unavailable)));
@@ -219,6 +217,10 @@ impl Dispatcher {
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        if let Some(DownloadError::Attempt(AttemptError::Unavailable(gone))) = &outcome.error {
+            // Gone by its timer as well as by a failure: logged here.
+            self.reporter.host_state(&gone.host, &State::Gone { since: gone.since });
+        }
         self.reporter.finished(&outcome);
         self.summary.add(&outcome);
         if let Some(writer) = &mut self.report

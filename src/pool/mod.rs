@@ -264,8 +264,10 @@ impl Limits {
     pub fn answered(&self, host: &str) -> bool {
         let mut line = lock(&self.line);
         let Some(health) = line.hosts.get_mut(host).and_then(|h| h.health.as_mut()) else { return false };
-        let reopened = health.state() != State::Open;
+        let closed = health.state() != State::Open;
         health.answered_at(Instant::now());
+        // A request that started before a pause may answer during it.
+        let reopened = closed && health.state() == State::Open;
         if reopened {
             self.changed.notify_one();
         }

@@ -27,8 +27,7 @@ mod health;
 mod layout;
 mod text;
 
-use std::collections::HashMap;
-use std::mem::Discriminant;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -58,8 +57,8 @@ pub struct Reporter {
     bars: Option<Arc<Bars>>,
     /// The run's troubled hosts, for the bars and the summary.
     watch: Arc<Watch>,
-    /// The kind of state last logged for each host: each change once.
-    logged: Mutex<HashMap<String, Discriminant<State>>>,
+    /// Hosts logged gone.
+    gone: Mutex<HashSet<String>>,
     /// "No host answers" was said, and no host answered since.
     all_down_told: AtomicBool,
 }
@@ -78,7 +77,7 @@ impl Reporter {
             hosts: Hosts::default(),
             bars,
             watch,
-            logged: Mutex::new(HashMap::new()),
+            gone: Mutex::new(HashSet::new()),
             all_down_told: AtomicBool::new(false),
         }
     }
@@ -121,20 +120,21 @@ impl Reporter {
         }
     }
 
-    /// A host's state changed ([`crate::hosts`]): logged with `-v`, once
-    /// per change of kind (a pause renewed is not a change).
+    /// A host's state changed ([`crate::hosts`]): logged with `-v`. Its
+    /// owner tells each change once; only "gone", which every entry of the
+    /// host meets, may come again, and is logged once.
     pub fn host_state(&self, host: &str, state: &State) {
-        let kind = std::mem::discriminant(state);
-        let before = self.logged.lock().expect("logged hosts").insert(host.to_owned(), kind);
+        if let State::Gone { .. } = state
+            && !self.gone.lock().expect("gone hosts").insert(host.to_owned())
+        {
+            return;
+        }
         if *state == State::Open {
             self.all_down_told.store(false, Ordering::Relaxed);
         }
-        // A host never logged was open.
-        let unchanged = before.map_or(*state == State::Open, |b| b == kind);
-        if unchanged || self.verbosity < Verbosity::Verbose {
-            return;
+        if self.verbosity >= Verbosity::Verbose {
+            self.line(format_args!("host        {host}: {}", state_text(state, Instant::now())));
         }
-        self.line(format_args!("host        {host}: {}", state_text(state, Instant::now())));
     }
 
     /// Every host with work is down at once: said once, until one answers.

@@ -1,0 +1,115 @@
+//! What the user is told of troubled hosts (issue 17, "Visibility"): the
+//! `-v` log says each change of a host's state once, the summary lists the
+//! hosts that had trouble with their counts, the report says which entries
+//! waited for their host, and a network that is gone is said to be once.
+
+use std::net::TcpListener;
+
+use crate::{Route, Server, fetch, report, run, write};
+
+/// Short waits; a pause long enough that its wait shows in milliseconds.
+const FAST: [&str; 4] = ["--retry-delay", "10ms", "--retry-max-delay", "300ms"];
+
+/// Lines of `stderr` that start with `prefix`.
+fn lines<'a>(stderr: &'a str, prefix: &str) -> Vec<&'a str> {
+    stderr.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// A local address that refuses connections: a port just given back.
+fn refusing() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn a_rate_limited_host_is_logged_once_listed_in_the_summary_and_its_entry_waited() {
+    let limited = Server::start();
+    limited.route("/f", Route { statuses: [(429, Some("1".into()))].into(), ..Route::new("ok") });
+    let healthy = Server::start();
+    healthy.route("/g", Route::new("fine"));
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{}\n{}\n", limited.url("/f"), healthy.url("/g")));
+    let out = run(fetch(tmp.path()).args(FAST).args(["-v", "--report", "r.jsonl", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let host = limited.addr.to_string();
+    // One change, to paused (its end is the next request starting).
+    let logged = lines(&out.stderr, &format!("host        {host}: "));
+    assert_eq!(logged.len(), 1, "{}", out.stderr);
+    assert!(logged[0].ends_with(" (429)") && logged[0].contains(": paused "), "{}", logged[0]);
+    // The summary lists the troubled host only.
+    let summary = lines(&out.stderr, "fetch: host ");
+    assert_eq!(
+        summary,
+        [format!("fetch: host {host}: 1 busy answers (429/503), 1 pauses")],
+        "{}",
+        out.stderr
+    );
+    // The entry of the paused host waited for it; the other did not.
+    let records = report(&tmp.path().join("r.jsonl"));
+    let waited = |path: &str| records[path]["waited_ms"].as_u64().unwrap_or_else(|| panic!("{records:?}"));
+    assert!(waited("f") > 0, "{records:?}");
+    assert_eq!(waited("g"), 0, "{records:?}");
+}
+
+#[test]
+fn a_clean_run_lists_no_hosts_and_waits_for_none() {
+    let server = Server::start();
+    server.route("/f", Route::new("ok"));
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &server.url("/f"));
+    let out = run(fetch(tmp.path()).args(["-v", "--report", "r.jsonl", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(lines(&out.stderr, "fetch: host ").is_empty(), "{}", out.stderr);
+    assert!(lines(&out.stderr, "host ").is_empty(), "{}", out.stderr);
+    assert_eq!(report(&tmp.path().join("r.jsonl"))["f"]["waited_ms"], 0);
+}
+
+#[test]
+fn when_every_host_is_down_the_network_is_blamed_once_and_each_host_logged_once() {
+    let (a, b) = (refusing(), refusing());
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest: String = (0..4).map(|i| format!("http://{a}/a{i}\nhttp://{b}/b{i}\n")).collect();
+    write(tmp.path(), "m.txt", &manifest);
+    let args = ["-v", "--host-timeout", "1s", "--report", "r.jsonl", "m.txt"];
+    let out = run(fetch(tmp.path()).args(FAST).args(args));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let blamed = lines(&out.stderr, "fetch: no host answers");
+    assert_eq!(blamed, ["fetch: no host answers (2 down): is the network down?"], "{}", out.stderr);
+    for host in [&a, &b] {
+        let logged = lines(&out.stderr, &format!("host        {host}: "));
+        assert_eq!(logged.len(), 2, "down, then gone, each once: {}", out.stderr);
+        assert!(logged[0].contains(": down since ") && logged[0].ends_with(", probing"), "{}", logged[0]);
+        assert!(logged[1].contains(": gone: no answer since "), "{}", logged[1]);
+        let summary = lines(&out.stderr, &format!("fetch: host {host}: "));
+        assert_eq!(summary.len(), 1, "{}", out.stderr);
+        assert!(
+            summary[0].contains(", 1 outages (longest ") && summary[0].contains("; gone since "),
+            "{}",
+            summary[0]
+        );
+    }
+    // Entries set aside for their down host waited for it.
+    let records = report(&tmp.path().join("r.jsonl"));
+    assert_eq!(records.len(), 8);
+    assert!(records.values().any(|r| r["waited_ms"].as_u64().unwrap() > 0), "{records:?}");
+}
+
+#[test]
+fn one_host_down_beside_a_healthy_one_is_not_the_network() {
+    let dead = refusing();
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut manifest = String::new();
+    for i in 0..4 {
+        server.route(
+            &format!("/g{i}"),
+            Route { delay: std::time::Duration::from_millis(200), ..Route::new("ok") },
+        );
+        manifest += &format!("http://{dead}/d{i}\n{}\n", server.url(&format!("/g{i}")));
+    }
+    write(tmp.path(), "m.txt", &manifest);
+    let out = run(fetch(tmp.path()).args(FAST).args(["-v", "--host-timeout", "1s", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(lines(&out.stderr, "fetch: no host answers").is_empty(), "{}", out.stderr);
+    assert_eq!(lines(&out.stderr, &format!("host        {dead}: down since ")).len(), 1, "{}", out.stderr);
+}
