@@ -119,3 +119,18 @@ fn one_host_down_beside_a_healthy_one_is_not_the_network() {
     assert!(lines(&out.stderr, "fetch: no host answers").is_empty(), "{}", out.stderr);
     assert_eq!(lines(&out.stderr, &format!("host        {dead}: down since ")).len(), 1, "{}", out.stderr);
 }
+
+#[test]
+fn the_bars_show_a_paused_host_while_it_is_paused() {
+    let server = Server::start();
+    server.route("/f", Route { statuses: [(429, Some("2".into()))].into(), ..Route::new("ok") });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &server.url("/f"));
+    // A pause of 2 s: a score of the ticker's redraws.
+    let args = ["--progress", "bar", "--retry-delay", "10ms", "--retry-max-delay", "2s", "m.txt"];
+    let out = run(fetch(tmp.path()).args(args));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let shown = format!("{} paused ", server.addr);
+    assert!(out.stderr.contains(&shown), "{}", out.stderr);
+    assert!(out.stderr.contains(" (429)"), "{}", out.stderr);
+}
