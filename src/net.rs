@@ -58,7 +58,8 @@ impl Net {
         if slot.is_some() {
             return Ok(Duration::ZERO);
         }
-        let blocked = self.limits.gate(host) == Gate::Blocked;
+        // Down, the gate may say Probe: one may go, at the probe's time.
+        let blocked = self.limits.gate(host) != Gate::Open;
         let started = Instant::now();
         let acquired = self.shutdown.unless_cancelled(self.limits.slot(host)).await;
         *slot = Some(acquired.ok_or(AttemptError::Cancelled)??);

@@ -236,7 +236,7 @@ async fn claim(
     if !ctx.overwrite && !unknown && ctx.tree.may_have_placed(dest) && exists(dest) {
         return Ok(Err(Done::Skipped(SkipReason::Exists)));
     }
-    let blocked = ctx.net.limits.gate(&host_key(&entry.url)) == Gate::Blocked;
+    let blocked = ctx.net.limits.gate(&host_key(&entry.url)) != Gate::Open;
     let asked = Instant::now();
     let Some(slot) = shutdown.unless_cancelled(ticket.slot()).await else {
         return Ok(Err(Done::NotStarted));

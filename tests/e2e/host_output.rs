@@ -134,3 +134,52 @@ fn the_bars_show_a_paused_host_while_it_is_paused() {
     assert!(out.stderr.contains(&shown), "{}", out.stderr);
     assert!(out.stderr.contains(" (429)"), "{}", out.stderr);
 }
+
+/// A server that closes its first `drops` connections before any answer,
+/// then answers each request with a 200 and `ok`; the thread ends when the
+/// test's process does.
+fn dropping_then_answering(drops: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            if i < drops {
+                continue;
+            }
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_host_that_comes_back_is_logged_down_then_open_and_its_outage_counted() {
+    let host = dropping_then_answering(2);
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("http://{host}/f\n"));
+    let out = run(fetch(tmp.path()).args(FAST).args(["-v", "--report", "r.jsonl", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), b"ok");
+    let logged = lines(&out.stderr, &format!("host        {host}: "));
+    assert_eq!(logged.len(), 2, "{}", out.stderr);
+    assert!(logged[0].contains(": down since ") && logged[0].ends_with(", probing"), "{}", logged[0]);
+    assert!(logged[1].ends_with(": open again"), "{}", logged[1]);
+    let summary = lines(&out.stderr, &format!("fetch: host {host}: "));
+    assert_eq!(summary.len(), 1, "{}", out.stderr);
+    assert!(summary[0].contains(", 1 outages (longest "), "{}", summary[0]);
+    assert!(!summary[0].contains("gone"), "{}", summary[0]);
+    // It waited for the probe that found the host back.
+    let records = report(&tmp.path().join("r.jsonl"));
+    assert!(records["f"]["waited_ms"].as_u64().unwrap() > 0, "{records:?}");
+}
