@@ -185,3 +185,45 @@ fn a_host_that_comes_back_is_logged_down_then_open_and_its_outage_counted() {
     let records = report(&tmp.path().join("r.jsonl"));
     assert!(records["f"]["waited_ms"].as_u64().unwrap() >= 20, "{records:?}");
 }
+
+#[test]
+fn an_entry_read_while_its_host_is_paused_waits_aside_and_says_so() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let server = Server::start();
+    server.route("/f", Route { statuses: [(429, Some("1".into()))].into(), ..Route::new("ok") });
+    server.route("/g", Route::new("ok"));
+    let tmp = tempfile::tempdir().unwrap();
+    // A pause of 1 s, long enough for /g to be read during it.
+    let mut child = crate::fetch_std(tmp.path())
+        .args(["-v", "--retry-delay", "10ms", "--retry-max-delay", "1s", "--report", "r.jsonl"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", server.url("/f")).unwrap();
+    stdin.flush().unwrap();
+    // /g arrives once the host is paused (logged): it is set aside.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr) {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let mut seen = String::new();
+    while !seen.contains(": paused ") {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) else { break };
+        seen += &line;
+        seen += "\n";
+    }
+    writeln!(stdin, "{}", server.url("/g")).unwrap();
+    drop(stdin);
+    assert!(seen.contains(": paused "), "{seen}");
+    let out = crate::finish(child);
+    assert_eq!(out.status.code(), Some(0), "{seen}");
+    let records = report(&tmp.path().join("r.jsonl"));
+    assert_eq!(server.requests_to("/g").len(), 1);
+    assert!(records["g"]["waited_ms"].as_u64().unwrap() > 0, "{records:?}");
+}
