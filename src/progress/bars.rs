@@ -7,8 +7,8 @@
 //! The transfers count files and bytes in [`Counters`] (atomics, cheap per
 //! chunk); a ticker thread reads them and redraws the overall bar ten times
 //! a second, and below it a line of the hosts that are paused, down or
-//! gone (shown only while there are any). What the bars say, and how it fits the width, is
-//! [`super::layout`]'s.
+//! gone (shown only while there are any). What the bars say, and how it
+//! fits the width, is [`super::layout`]'s.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -17,8 +17,9 @@
 //! their own.
 //!
 //! This module owns the API and the log lines; `bars` owns the indicatif
-//! display, `layout` what the bars say at a given width, `text` the
-//! escaping and units. The per-host counters that the split rule
+//! display, `layout` what the bars say at a given width, `health` the
+//! words for troubled hosts (seen through a [`HostsView`] the run sets),
+//! `text` the escaping and units. The per-host counters that the split rule
 //! reads are [`crate::traffic`]'s: a [`TransferProgress`] carries its
 //! host's handle because every transfer already reports its bytes here.
 
