@@ -15,6 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
@@ -22,6 +23,7 @@ use tokio::task::{JoinError, JoinSet};
 use crate::commit;
 use crate::download::{self, Context};
 use crate::error::{AttemptError, DownloadError};
+use crate::hosts::State;
 use crate::manifest::{Entry, Item};
 use crate::pool::Gate;
 use crate::progress::Reporter;
@@ -41,11 +43,12 @@ pub struct Dispatcher {
     /// its backlog. A smaller lookahead idled slots on one-byte files
     /// (commit 7206ed9).
     lookahead: usize,
-    /// Entries of paused or down hosts, by host, in manifest order.
-    parked: HashMap<String, VecDeque<Entry>>,
+    /// Entries of paused or down hosts, by host, in manifest order, with
+    /// when they were set aside (their wait goes in the report).
+    parked: HashMap<String, VecDeque<(Entry, Instant)>>,
     parked_len: usize,
     /// Entries whose host reopened, to start before any new one.
-    ready: VecDeque<Entry>,
+    ready: VecDeque<(Entry, Instant)>,
 }
 
 /// Entries that wait aside for their hosts, at most: about 20 MiB. Beyond
@@ -83,8 +86,9 @@ impl Dispatcher {
                 self.joined(done);
             }
             while self.has_room() {
-                if let Some(entry) = self.ready.pop_front() {
-                    self.spawn_ready(entry);
+                if let Some((entry, parked)) = self.ready.pop_front() {
+                    let host = download::host_key(&entry.url);
+                    self.spawn(entry, &host, parked.elapsed());
                 } else if self.parked_len < PARKED_MAX
                     && let Some(item) = unstarted.next()
                 {
@@ -138,17 +142,17 @@ impl Dispatcher {
             Item::Entry(entry) => {
                 let host = download::host_key(&entry.url);
                 if let Some(queue) = self.parked.get_mut(&host) {
-                    queue.push_back(*entry);
+                    queue.push_back((*entry, Instant::now()));
                     self.parked_len += 1;
                     return;
                 }
                 match self.ctx.net.limits.gate(&host) {
-                    Gate::Open | Gate::Probe => self.spawn(*entry, &host),
+                    Gate::Open | Gate::Probe => self.spawn(*entry, &host, Duration::ZERO),
                     Gate::Blocked => {
-                        self.parked.entry(host).or_default().push_back(*entry);
+                        self.parked.entry(host).or_default().push_back((*entry, Instant::now()));
                         self.parked_len += 1;
                     }
-                    Gate::Gone(unavailable) => self.fail(&entry, unavailable),
+                    Gate::Gone(unavailable) => self.fail(&entry, Duration::ZERO, unavailable),
                 }
             }
             Item::Invalid { location, error } => self.finish(Outcome::invalid(location, error)),
@@ -159,15 +163,11 @@ impl Dispatcher {
         }
     }
 
-    fn spawn(&mut self, entry: Entry, host: &str) {
+    /// Start `entry`, which `waited` aside for its host.
+    fn spawn(&mut self, entry: Entry, host: &str, waited: Duration) {
         // Taken here, in manifest order: slots go by tickets.
         let ticket = self.ctx.net.limits.ticket(host);
-        self.tasks.spawn(download::download(entry, ticket, self.ctx.clone()));
-    }
-
-    fn spawn_ready(&mut self, entry: Entry) {
-        let host = download::host_key(&entry.url);
-        self.spawn(entry, &host);
+        self.tasks.spawn(download::download(entry, ticket, self.ctx.clone(), waited));
     }
 
     /// Move the entries of hosts that reopened to the ready queue (one, for
@@ -193,8 +193,8 @@ impl Dispatcher {
                 Gate::Gone(unavailable) => {
                     let queue = self.parked.remove(&host).unwrap_or_default();
                     self.parked_len -= queue.len();
-                    for entry in queue {
-                        self.fail(&entry, unavailable.clone());
+                    for (entry, parked) in queue {
+                        self.fail(&entry, parked.elapsed(), unavailable.clone());
                     }
                 }
             }
@@ -202,8 +202,9 @@ impl Dispatcher {
     }
 
     /// An entry whose host is gone: failed without a request.
-    fn fail(&mut self, entry: &Entry, unavailable: crate::pool::Unavailable) {
+    fn fail(&mut self, entry: &Entry, waited: Duration, unavailable: crate::pool::Unavailable) {
         let mut outcome = Outcome::start(entry);
+        outcome.waited = waited;
         outcome.error = Some(DownloadError::Attempt(AttemptError::Unavailable(unavailable)));
         self.finish(outcome);
     }
@@ -217,6 +218,10 @@ impl Dispatcher {
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        if let Some(DownloadError::Attempt(AttemptError::Unavailable(gone))) = &outcome.error {
+            // Gone by its timer as well as by a failure: logged here.
+            self.reporter.host_state(&gone.host, &State::Gone { since: gone.since });
+        }
         self.reporter.finished(&outcome);
         self.summary.add(&outcome);
         if let Some(writer) = &mut self.report

@@ -187,6 +187,9 @@ fn context(
         reporter: reporter.clone(),
         shutdown: shutdown.clone(),
     });
+    // Weak: the reporter outlives the run's network side.
+    let weak = Arc::downgrade(&net);
+    reporter.watch_hosts(Arc::new(move || weak.upgrade().map_or_else(Vec::new, |net| net.troubled())));
     Ok(Arc::new(Context {
         net,
         committer,

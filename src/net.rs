@@ -9,13 +9,13 @@
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, SplitPolicy};
 use crate::error::AttemptError;
-use crate::hosts::Trouble;
-use crate::pool::{Limits, Slot};
-use crate::progress::Reporter;
+use crate::hosts::{State, Trouble};
+use crate::pool::{Gate, Limits, Slot};
+use crate::progress::{HostStatus, Reporter};
 use crate::retry::{Budget, Class, RetryPolicy};
 use crate::shutdown::Shutdown;
 
@@ -52,13 +52,32 @@ pub struct Failure<'a> {
 impl Net {
     /// Make sure `slot` holds a slot for a request to `host`, waiting for one
     /// (and for the host to take requests) unless the run is interrupted
-    /// first or the host is gone.
-    pub async fn slot(&self, host: &str, slot: &mut Option<Slot>) -> Result<(), AttemptError> {
-        if slot.is_none() {
-            let acquired = self.shutdown.unless_cancelled(self.limits.slot(host)).await;
-            *slot = Some(acquired.ok_or(AttemptError::Cancelled)??);
+    /// first or the host is gone. Returns the time waited for a host that
+    /// was paused or down when the wait began (for the report).
+    pub async fn slot(&self, host: &str, slot: &mut Option<Slot>) -> Result<Duration, AttemptError> {
+        if slot.is_some() {
+            return Ok(Duration::ZERO);
         }
-        Ok(())
+        // Down, the gate may say Probe: one may go, at the probe's time.
+        let blocked = self.limits.gate(host) != Gate::Open;
+        let started = Instant::now();
+        let acquired = self.shutdown.unless_cancelled(self.limits.slot(host)).await;
+        *slot = Some(acquired.ok_or(AttemptError::Cancelled)??);
+        Ok(if blocked { started.elapsed() } else { Duration::ZERO })
+    }
+
+    /// A response from `host` arrived that does not ask for less; logged
+    /// when it reopens the host.
+    pub fn answered(&self, host: &str) {
+        if self.limits.answered(host) {
+            self.reporter.host_state(host, &State::Open);
+        }
+    }
+
+    /// The run's troubled hosts, as the reporter shows them.
+    pub fn troubled(&self) -> Vec<HostStatus> {
+        let troubled = self.limits.troubled().into_iter();
+        troubled.map(|t| HostStatus { host: t.host, state: t.state, record: t.record }).collect()
     }
 
     /// The step after a failed attempt: its host is told; then `Ok` once
@@ -80,13 +99,19 @@ impl Net {
                 self.limits.failed(failure.host, trouble, failure.retry_after, failure.error, started);
             if let Some(state) = change {
                 self.reporter.host_state(failure.host, &state);
+                if let State::Down { .. } = state
+                    && let Some(down) = self.limits.all_down()
+                {
+                    self.reporter.all_down(down);
+                }
             }
             // `--retries 0`: no second attempt, whoever's the fault.
             host_fault = self.retry.retries > 0
                 && !matches!(trouble, Trouble::Strained)
                 && budget.host_fault(self.limits.answers(failure.host));
         }
-        let wait = if host_fault && failure.class == Class::Transient {
+        let host_wait = host_fault && failure.class == Class::Transient;
+        let wait = if host_wait {
             // The wait is the host's: until its pause ends, or (down) until
             // a probe may go, which the slot's wait decides.
             budget.waive(failure.position);
@@ -97,10 +122,15 @@ impl Net {
         let Some(wait) = wait else { return Err(Stop::GaveUp) };
         self.reporter.retrying(failure.dest, failure.attempt, failure.error, wait);
         drop(slot.take());
-        tokio::select! {
+        let started = Instant::now();
+        let waited = tokio::select! {
             () = tokio::time::sleep(wait) => Ok(()),
             () = self.shutdown.cancelled() => Err(Stop::Cancelled),
+        };
+        if host_wait {
+            budget.host_waited += started.elapsed();
         }
+        waited
     }
 }
 

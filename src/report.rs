@@ -75,6 +75,10 @@ pub struct Outcome {
     pub transfer: Option<Duration>,
     /// Where this run continued a partial file left by an earlier run.
     pub resumed_from: u64,
+    /// Time spent waiting for its host while the host was paused or down
+    /// ([`crate::hosts`]): set aside by the dispatcher, for a slot, or
+    /// after a failure that was the host's.
+    pub waited: Duration,
 }
 
 impl Outcome {
@@ -93,6 +97,7 @@ impl Outcome {
             elapsed: Default::default(),
             transfer: None,
             resumed_from: 0,
+            waited: Duration::ZERO,
         }
     }
 
@@ -111,6 +116,7 @@ impl Outcome {
             elapsed: Default::default(),
             transfer: None,
             resumed_from: 0,
+            waited: Duration::ZERO,
         }
     }
 }
@@ -167,6 +173,7 @@ struct Record<'a> {
     reason: Option<&'static str>,
     elapsed_ms: u128,
     resumed_from: u64,
+    waited_ms: u128,
 }
 
 /// JSON with the characters [`redact::unprintable`] finds written as
@@ -223,6 +230,7 @@ impl Report {
             reason: outcome.skip.map(SkipReason::as_str),
             elapsed_ms: outcome.elapsed.as_millis(),
             resumed_from: outcome.resumed_from,
+            waited_ms: outcome.waited.as_millis(),
         };
         let mut json = serde_json::Serializer::with_formatter(&mut self.out, Escaping);
         record.serialize(&mut json).map_err(io::Error::other)?;

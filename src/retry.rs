@@ -149,12 +149,21 @@ pub struct Budget {
     /// The host's count of answers at this transfer's last failure that
     /// was its host's trouble.
     host_answers: Option<u64>,
+    /// Time spent waiting out its host's trouble, for the report.
+    pub host_waited: Duration,
 }
 
 impl Budget {
     /// A budget for a transfer that stands at `position` bytes.
     pub fn new(policy: RetryPolicy, position: u64) -> Budget {
-        Budget { policy, schedule: policy.schedule(), failures: 0, high_water: position, host_answers: None }
+        Budget {
+            policy,
+            schedule: policy.schedule(),
+            failures: 0,
+            high_water: position,
+            host_answers: None,
+            host_waited: Duration::ZERO,
+        }
     }
 
     /// Whether a failure that showed the host paused or unreachable is the
@@ -172,8 +181,8 @@ impl Budget {
     /// starts a fresh budget.
     pub fn waive(&mut self, position: u64) {
         if position > self.high_water {
-            let host_answers = self.host_answers;
-            *self = Budget { host_answers, ..Budget::new(self.policy, position) };
+            let (host_answers, host_waited) = (self.host_answers, self.host_waited);
+            *self = Budget { host_answers, host_waited, ..Budget::new(self.policy, position) };
         }
     }
 

@@ -376,7 +376,7 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
         let Some(location) = response.headers().get(header::LOCATION).filter(|_| is_redirect) else {
             let status = response.status().as_u16();
             if status != 429 && status != 503 && !response.headers().contains_key(header::RETRY_AFTER) {
-                target.net.limits.answered(target.host);
+                target.net.answered(target.host);
             }
             return Ok(response);
         };

@@ -85,8 +85,9 @@ pub(super) async fn fetch(
     let mut budget = Budget::new(ctx.net.retry, t.state.offset);
     let mut restarted_for_checksum = false;
     let (error, class) = loop {
-        if let Err(error) = ctx.net.slot(&t.host, slot).await {
-            break (error.into(), Class::Cancelled);
+        match ctx.net.slot(&t.host, slot).await {
+            Ok(waited) => outcome.waited += waited,
+            Err(error) => break (error.into(), Class::Cancelled),
         }
         if !ctx.resume && t.state.offset > 0 {
             // --no-resume: a retry starts from zero too, without Range.
@@ -131,7 +132,9 @@ pub(super) async fn fetch(
             dest,
             attempt: outcome.attempts,
         };
-        match ctx.net.retry(&mut budget, failure, slot).await {
+        let retried = ctx.net.retry(&mut budget, failure, slot).await;
+        outcome.waited += std::mem::take(&mut budget.host_waited);
+        match retried {
             Ok(()) => {}
             Err(Stop::GaveUp) => break (error, class),
             Err(Stop::Cancelled) => break (AttemptError::Cancelled.into(), Class::Cancelled),

@@ -24,7 +24,7 @@ use crate::error::{AttemptError, DownloadError};
 use crate::fsx::{Committed, Opened, Partial};
 use crate::manifest::{Entry, LineError};
 use crate::net::Net;
-use crate::pool::{Keyed, KeyedPermit, Slot, Ticket};
+use crate::pool::{Gate, Keyed, KeyedPermit, Slot, Ticket};
 use crate::report::{Outcome, SkipReason, Status};
 use crate::retry::{self, Class};
 
@@ -50,7 +50,8 @@ pub fn host_key(url: &reqwest::Url) -> String {
         + &url.port_or_known_default().unwrap_or(0).to_string()
 }
 
-/// Download one entry, whose place in line for a slot is `ticket`; never
+/// Download one entry, whose place in line for a slot is `ticket`, and
+/// which has `waited` aside for its host already; never
 /// fails, the outcome says how it went. `None` when the run was interrupted
 /// before this entry began: like the manifest lines not yet read, it is
 /// left for the next run and not reported.
@@ -60,9 +61,10 @@ pub fn host_key(url: &reqwest::Url) -> String {
 /// goes on with fewer downloads at once ([`crate::pool::Limits::lower`])
 /// and the entry starts over, resuming what it wrote, for as long as other
 /// downloads or commits hold descriptors that they will give back.
-pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>) -> Option<Outcome> {
+pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>, waited: Duration) -> Option<Outcome> {
     let started = Instant::now();
     let mut outcome = Outcome::start(&entry);
+    outcome.waited = waited;
     let mut ticket = Some(ticket);
     let mut alone = 0;
     let mut vanished = false;
@@ -148,6 +150,8 @@ struct Claimed {
     partial: Partial,
     /// The destination holds a file of the wrong size: replace it.
     replace: bool,
+    /// The wait for its first slot, if its host was paused or down.
+    waited: Duration,
 }
 
 async fn run(
@@ -160,7 +164,8 @@ async fn run(
         Ok(claimed) => claimed,
         Err(done) => return Ok(done),
     };
-    let Claimed { permit, mut slot, partial, replace } = claimed;
+    let Claimed { permit, mut slot, partial, replace, waited } = claimed;
+    outcome.waited += waited;
     let transfer_started = Instant::now();
     let partial = fetch::fetch(entry, ctx, partial, &mut slot, outcome).await?;
     outcome.transfer = Some(transfer_started.elapsed());
@@ -238,10 +243,13 @@ async fn claim(
             return Ok(Err(Done::Skipped(SkipReason::Exists)));
         }
     }
+    let blocked = ctx.net.limits.gate(ticket.host()) != Gate::Open;
+    let asked = Instant::now();
     let Some(slot) = shutdown.unless_cancelled(ticket.slot()).await else {
         return Ok(Err(Done::NotStarted));
     };
     let slot = slot.map_err(AttemptError::from)?;
+    let waited = if blocked { asked.elapsed() } else { Duration::ZERO };
     // Opened with a slot, not before: the entries waiting in the lookahead
     // hold no directory descriptors (with `ulimit -n 20` those alone ran
     // the run out of them).
@@ -251,7 +259,8 @@ async fn claim(
     }
     match Partial::open(parent.handle.clone(), dest, !parent.fresh).map_err(partial_error(dest))? {
         Opened::Locked(partial) => {
-            Ok(Ok(Claimed { permit, slot: Some(slot), partial, replace: found == Found::WrongSize }))
+            let replace = found == Found::WrongSize;
+            Ok(Ok(Claimed { permit, slot: Some(slot), partial, replace, waited }))
         }
         Opened::Busy => Ok(Err(Done::Skipped(SkipReason::LockedByOtherProcess))),
     }

@@ -260,16 +260,33 @@ impl Limits {
         self.changed.notified().await
     }
 
-    /// A response from `host` arrived that does not ask for less.
-    pub fn answered(&self, host: &str) {
+    /// A response from `host` arrived that does not ask for less; true
+    /// when that reopened the host.
+    pub fn answered(&self, host: &str) -> bool {
         let mut line = lock(&self.line);
-        let Some(health) = line.hosts.get_mut(host).and_then(|h| h.health.as_mut()) else { return };
-        let reopened = health.state() != State::Open;
+        let Some(health) = line.hosts.get_mut(host).and_then(|h| h.health.as_mut()) else { return false };
+        let closed = health.state() != State::Open;
         health.answered_at(Instant::now());
+        // A request that started before a pause may answer during it.
+        let reopened = closed && health.state() == State::Open;
         if reopened {
             self.changed.notify_one();
         }
         line.serve();
+        reopened
+    }
+
+    /// How many hosts are down, when every host with work (a request out
+    /// or a ticket waiting) is down and there are more than one: then it
+    /// is the network rather than the hosts.
+    pub fn all_down(&self) -> Option<usize> {
+        let line = lock(&self.line);
+        let down = |h: &Host| h.health.as_ref().is_some_and(|h| matches!(h.state(), State::Down { .. }));
+        let waiting = |host: &str| line.waiting.values().any(|w| w.host == host);
+        let mut working = line.hosts.iter().filter(|(host, h)| h.busy > 0 || down(h) || waiting(host));
+        let count = line.hosts.values().filter(|h| down(h)).count();
+        let others = line.waiting.values().any(|w| !line.hosts.get(&w.host).is_some_and(down));
+        (count > 1 && !others && working.all(|(_, h)| down(h))).then_some(count)
     }
 
     /// A request to `host` failed with `trouble`; the new state when it
@@ -344,6 +361,11 @@ impl Limits {
 }
 
 impl Ticket {
+    /// The host it is a place in line for.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Wait for this ticket's turn; refused when its host is gone.
     pub async fn slot(mut self) -> Result<Slot, Unavailable> {
         let (tx, rx) = oneshot::channel();

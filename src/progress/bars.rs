@@ -6,8 +6,9 @@
 //! downloads: indicatif's MultiProgress misbehaves with thousands of bars.
 //! The transfers count files and bytes in [`Counters`] (atomics, cheap per
 //! chunk); a ticker thread reads them and redraws the overall bar ten times
-//! a second. What the bars say, and how it fits the width, is
-//! [`super::layout`]'s.
+//! a second, and below it a line of the hosts that are paused, down or
+//! gone (shown only while there are any). What the bars say, and how it
+//! fits the width, is [`super::layout`]'s.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
+use super::health::{Watch, bar_text};
 use super::layout::{Overall, Remaining, eta, overall_style, overall_text, slot_template};
 use super::text::{escape, line, short_name};
 
@@ -53,6 +55,10 @@ pub(super) struct Bars {
     forced: Option<AnsiStderr>,
     multi: MultiProgress,
     overall: ProgressBar,
+    /// The troubled hosts' line, in the display while there are any.
+    hosts: ProgressBar,
+    hosts_shown: AtomicBool,
+    watch: Arc<Watch>,
     /// Slot bars not in use, kept for reuse.
     free: Mutex<Vec<ProgressBar>>,
     in_use: AtomicU64,
@@ -61,7 +67,7 @@ pub(super) struct Bars {
 }
 
 impl Bars {
-    pub(super) fn start(counters: Arc<Counters>, forced: bool) -> Arc<Bars> {
+    pub(super) fn start(counters: Arc<Counters>, watch: Arc<Watch>, forced: bool) -> Arc<Bars> {
         let target = if forced {
             ProgressDrawTarget::term_like_with_hz(Box::new(AnsiStderr::new()), 10)
         } else {
@@ -75,6 +81,10 @@ impl Bars {
             forced,
             multi,
             overall,
+            hosts: ProgressBar::hidden()
+                .with_style(ProgressStyle::with_template("{msg}").expect("valid template")),
+            hosts_shown: AtomicBool::new(false),
+            watch,
             free: Mutex::new(Vec::new()),
             in_use: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -137,6 +147,27 @@ impl Bars {
             self.overall.set_position(done);
             self.overall.set_prefix(before);
             self.overall.set_message(after);
+            self.show_hosts(now);
+        }
+    }
+
+    /// The troubled hosts' line, cut to the width; gone with the last one.
+    fn show_hosts(&self, now: Instant) {
+        let text = bar_text(&self.watch.hosts(), now);
+        let shown = self.hosts_shown.load(Ordering::Relaxed);
+        if text.is_empty() {
+            if shown {
+                self.multi.remove(&self.hosts);
+                self.hosts_shown.store(false, Ordering::Relaxed);
+            }
+            return;
+        }
+        let text: String = escape(&text).chars().take(self.width().saturating_sub(1)).collect();
+        self.hosts.set_message(text);
+        if !shown {
+            // After the overall bar, before any slot bar.
+            self.multi.insert_after(&self.overall, self.hosts.clone());
+            self.hosts_shown.store(true, Ordering::Relaxed);
         }
     }
 
@@ -199,6 +230,7 @@ impl Bars {
             let _ = ticker.join();
         }
         self.overall.finish_and_clear();
+        self.hosts.finish_and_clear();
         let _ = self.multi.clear();
     }
 }

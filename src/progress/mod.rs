@@ -17,23 +17,28 @@
 //! their own.
 //!
 //! This module owns the API and the log lines; `bars` owns the indicatif
-//! display, `layout` what the bars say at a given width, `text` the
-//! escaping and units. The per-host counters that the split rule
+//! display, `layout` what the bars say at a given width, `health` the
+//! words for troubled hosts (seen through a [`HostsView`] the run sets),
+//! `text` the escaping and units. The per-host counters that the split rule
 //! reads are [`crate::traffic`]'s: a [`TransferProgress`] carries its
 //! host's handle because every transfer already reports its bytes here.
 
 mod bars;
+mod health;
 mod layout;
 mod text;
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 
 use self::bars::{Bars, Counters};
+pub use self::health::{HostStatus, HostsView};
+use self::health::{Watch, state_text, summary_lines};
 use self::text::line;
 pub use self::text::{escape, human_bytes, human_duration};
 use crate::config::{Display, Verbosity};
@@ -51,13 +56,20 @@ pub struct Reporter {
     counters: Arc<Counters>,
     hosts: Hosts,
     bars: Option<Arc<Bars>>,
+    /// The run's troubled hosts, for the bars and the summary.
+    watch: Arc<Watch>,
+    /// Hosts logged gone.
+    gone: Mutex<HashSet<String>>,
+    /// "No host answers" was said, and no host answered since.
+    all_down_told: AtomicBool,
 }
 
 impl Reporter {
     pub fn new(verbosity: Verbosity, display: Display) -> Reporter {
         let counters = Arc::new(Counters::new());
+        let watch = Arc::new(Watch::default());
         let bars = match display {
-            Display::Bar { forced } => Some(Bars::start(counters.clone(), forced)),
+            Display::Bar { forced } => Some(Bars::start(counters.clone(), watch.clone(), forced)),
             Display::Log | Display::None => None,
         };
         Reporter {
@@ -65,7 +77,16 @@ impl Reporter {
             counters,
             hosts: Hosts::default(),
             bars,
+            watch,
+            gone: Mutex::new(HashSet::new()),
+            all_down_told: AtomicBool::new(false),
         }
+    }
+
+    /// Where the bars and the summary see the run's troubled hosts from;
+    /// set once, when the run's limits exist.
+    pub fn watch_hosts(&self, view: HostsView) {
+        self.watch.set(view);
     }
 
     /// The number of entries the manifest holds, once counted.
@@ -100,21 +121,29 @@ impl Reporter {
         }
     }
 
-    /// A host's state changed ([`crate::hosts`]): logged with `-v`.
+    /// A host's state changed ([`crate::hosts`]): logged with `-v`. Its
+    /// owner tells each change once; only "gone", which every entry of the
+    /// host meets, may come again, and is logged once.
     pub fn host_state(&self, host: &str, state: &State) {
-        if self.verbosity < Verbosity::Verbose {
+        if let State::Gone { .. } = state
+            && !self.gone.lock().expect("gone hosts").insert(host.to_owned())
+        {
             return;
         }
-        let now = Instant::now();
-        let text = match state {
-            State::Open => "open again".to_owned(),
-            State::Paused { until, status } => {
-                format!("paused {} ({status})", human_duration(until.saturating_duration_since(now)))
-            }
-            State::Down { .. } => "down: no answer; probing".to_owned(),
-            State::Gone { .. } => "gone: no answer for longer than --host-timeout".to_owned(),
-        };
-        self.line(format_args!("host        {}: {text}", escape(host)));
+        if *state == State::Open {
+            self.all_down_told.store(false, Ordering::Relaxed);
+        }
+        if self.verbosity >= Verbosity::Verbose {
+            self.line(format_args!("host        {host}: {}", state_text(state, Instant::now())));
+        }
+    }
+
+    /// Every host with work is down at once: said once, until one answers.
+    pub fn all_down(&self, hosts: usize) {
+        if self.verbosity == Verbosity::Quiet || self.all_down_told.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.error(&format_args!("no host answers ({hosts} down): is the network down?"));
     }
 
     pub fn finished(&self, outcome: &Outcome) {
@@ -174,6 +203,9 @@ impl Reporter {
             human_duration(elapsed),
             human_bytes((summary.bytes as f64 / secs) as u64),
         ));
+        for text in summary_lines(&self.watch.hosts()) {
+            self.line(format_args!("fetch: {text}"));
+        }
     }
 
     /// A problem with the run itself rather than one entry.

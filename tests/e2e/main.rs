@@ -4,6 +4,7 @@
 mod concurrency;
 mod confine;
 mod core;
+mod host_output;
 mod hostile_output;
 mod manifest;
 mod network;
