@@ -5,6 +5,7 @@ mod concurrency;
 mod confine;
 mod core;
 mod hostile_output;
+mod hosts;
 mod manifest;
 mod network;
 mod output;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-pub use server::{Route, Server, content};
+pub use server::{Route, Server, content, refusing_addr};
 
 const PROXY_VARS: [&str; 8] = [
     "http_proxy",
