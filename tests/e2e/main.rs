@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-pub use server::{Route, Server, content, refusing_addr};
+pub use server::host::refusing_addr;
+pub use server::{Route, Server, content};
 
 const PROXY_VARS: [&str; 8] = [
     "http_proxy",
