@@ -93,21 +93,33 @@ fn an_overloaded_server_sees_fetch_settle_near_its_capacity() {
 }
 
 #[test]
-fn an_outage_mid_run_fails_nothing() {
+fn an_outage_fails_nothing_in_flight() {
     let server = Server::start();
     let tmp = tempfile::tempdir().unwrap();
-    write(tmp.path(), "m.txt", &serve(&server, "f", 300).concat());
-    server.outage(100, Duration::from_secs(2));
-    // Each entry out during the outage would spend its one retry on it.
-    let args = ["-v", "--retries", "1", "--retry-delay", "100ms", "--retry-max-delay", "1s"];
+    let lines = serve(&server, "f", 8);
+    for i in 0..8 {
+        let body = crate::content(i, 2000);
+        server.route(
+            &format!("/f{i}"),
+            crate::Route { delay: Duration::from_millis(500), ..crate::Route::new(body) },
+        );
+    }
+    write(tmp.path(), "m.txt", &lines.concat());
+    // All eight are out when the host goes; then its probes find it
+    // down. Each entry would spend its one retry on the outage, and those
+    // that probed it a second.
+    server.outage(8, Duration::from_secs(2));
+    let args = ["-v", "-j", "8", "--retries", "1", "--retry-delay", "100ms", "--retry-max-delay", "1s"];
     let out = run(fetch(tmp.path()).args(args).args(["--report", "r.jsonl", "m.txt"]));
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(outcomes(&tmp.path().join("r.jsonl")).get("downloaded"), Some(&300));
+    assert_eq!(outcomes(&tmp.path().join("r.jsonl")).get("downloaded"), Some(&8));
     let outages = server.outages();
     assert_eq!(outages.len(), 1);
     let ended = outages[0].1.expect("the outage ended");
     assert!(server.log().iter().any(|l| l.at > ended), "no request after the outage");
     assert!(out.stderr.contains(": down: no answer; probing"), "{}", out.stderr);
+    let refused = out.stderr.matches("Connection refused").count();
+    assert!(refused >= 1, "no probe met the outage: {}", out.stderr);
 }
 
 /// Manifest lines for `dead` entries on a host that refuses connections,
