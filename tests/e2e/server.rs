@@ -3,8 +3,9 @@
 //! times, bodies cut after N bytes, stalls, throttling, ignored Range,
 //! redirects, required headers; and faults of the whole host (`host.rs`):
 //! a rate limit, a capacity, an outage. It logs every request and tracks
-//! how many were in flight at once. Each server runs its own runtime on a thread, so
-//! tests stay plain `#[test]` functions that run the built binary.
+//! how many were in flight at once. Each server runs its own runtime on a
+//! thread, so tests stay plain `#[test]` functions that run the built
+//! binary.
 //!
 //! A handler that panics only drops its connection, which `fetch` retries,
 //! so the test could pass: the server records the panic and fails the test
@@ -220,7 +221,7 @@ impl Server {
                                 Err(_) => continue,
                             },
                             () = state.outage_begins.notified() => {
-                                listener = outage(&state, listener, &mut open).await;
+                                listener = host::outage(&state, listener, &mut open).await;
                                 continue;
                             }
                         };
@@ -312,32 +313,6 @@ impl Drop for Server {
             panic!("the test server's handlers panicked: {panics:?}");
         }
     }
-}
-
-/// Close `listener` and drop every `open` connection; when the outage is
-/// over, listen on the same address again.
-async fn outage(
-    state: &Shared,
-    listener: tokio::net::TcpListener,
-    open: &mut Vec<tokio::task::AbortHandle>,
-) -> tokio::net::TcpListener {
-    let addr = listener.local_addr().unwrap();
-    let length = state.host.lock().unwrap().outage_length();
-    let began = std::time::Instant::now();
-    drop(listener);
-    let dropped = open.drain(..).filter(|c| !c.is_finished()).inspect(|c| c.abort()).count();
-    state.outages.lock().unwrap().push((began, None, dropped));
-    tokio::time::sleep(length).await;
-    // The port is ours again unless something took it meanwhile, which
-    // a few tries get past.
-    for _ in 0..50 {
-        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
-            state.outages.lock().unwrap().last_mut().unwrap().1 = Some(std::time::Instant::now());
-            return listener;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("cannot listen on {addr} again after the outage");
 }
 
 async fn serve<S>(state: Arc<Shared>, stream: S)

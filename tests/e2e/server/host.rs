@@ -116,6 +116,32 @@ impl super::Server {
     }
 }
 
+/// Close `listener` and drop every `open` connection; when the outage is
+/// over, listen on the same address again.
+pub(super) async fn outage(
+    state: &Shared,
+    listener: tokio::net::TcpListener,
+    open: &mut Vec<tokio::task::AbortHandle>,
+) -> tokio::net::TcpListener {
+    let addr = listener.local_addr().unwrap();
+    let length = state.host.lock().unwrap().outage_length();
+    let began = Instant::now();
+    drop(listener);
+    let dropped = open.drain(..).filter(|c| !c.is_finished()).inspect(|c| c.abort()).count();
+    state.outages.lock().unwrap().push((began, None, dropped));
+    tokio::time::sleep(length).await;
+    // The port is ours again unless something took it meanwhile, which
+    // a few tries get past.
+    for _ in 0..50 {
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            state.outages.lock().unwrap().last_mut().unwrap().1 = Some(Instant::now());
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot listen on {addr} again after the outage");
+}
+
 /// An address where nothing listens: connections to it are refused.
 pub fn refusing_addr() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
