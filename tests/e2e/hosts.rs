@@ -89,7 +89,10 @@ fn an_overloaded_server_sees_fetch_settle_near_its_capacity() {
     assert!(refused <= 12 + 20, "{refused} of {} requests answered 503", log.len());
     assert!(server.max_at_work() <= 4);
     let later = log.iter().skip(60).map(|l| l.in_flight).max().unwrap();
-    assert!(later <= 5, "{later} requests at once after the first burst");
+    // One past the capacity as fetch tries for more (seen: 5), and one
+    // more of slack: a loaded client may not fill its slots for a while,
+    // and grows them meanwhile. Without the decrease it stays at 16.
+    assert!(later <= 6, "{later} requests at once after the first burst");
 }
 
 #[test]
