@@ -39,8 +39,8 @@ fn rate_limited(retry_after: Option<&str>) {
     server.rate_limit(100, Duration::from_secs(1), retry_after);
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "m.txt", &serve(&server, "f", 300).concat());
-    // With --retries 1, an entry that spent its budget on the host's 429s
-    // would fail at its second.
+    // --retries 1: an entry the host keeps refusing while it answers
+    // others fails at its third 429 (see retry::Budget::host_fault).
     let args = ["--retries", "1", "--report", "r.jsonl", "m.txt"];
     let out = run(fetch(tmp.path()).args(args));
     assert_eq!(out.code, Some(0), "{out:?}");
