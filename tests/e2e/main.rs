@@ -6,6 +6,7 @@ mod confine;
 mod core;
 mod host_output;
 mod hostile_output;
+mod hosts;
 mod manifest;
 mod network;
 mod output;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+pub use server::host::refusing_addr;
 pub use server::{Route, Server, content};
 
 const PROXY_VARS: [&str; 8] = [

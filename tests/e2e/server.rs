@@ -1,9 +1,11 @@
 //! An HTTP server inside the test process that serves deterministic files
 //! and injects faults on request: statuses (with Retry-After) a number of
 //! times, bodies cut after N bytes, stalls, throttling, ignored Range,
-//! redirects, required headers. It logs every request and tracks how many
-//! were in flight at once. Each server runs its own runtime on a thread, so
-//! tests stay plain `#[test]` functions that run the built binary.
+//! redirects, required headers; and faults of the whole host (`host.rs`):
+//! a rate limit, a capacity, an outage. It logs every request and tracks
+//! how many were in flight at once. Each server runs its own runtime on a
+//! thread, so tests stay plain `#[test]` functions that run the built
+//! binary.
 //!
 //! A handler that panics only drops its connection, which `fetch` retries,
 //! so the test could pass: the server records the panic and fails the test
@@ -25,6 +27,10 @@ use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::time::Sleep;
+
+// The path spelled out: rustfmt looks for a plain `mod host;` beside this file.
+#[path = "server/host.rs"]
+pub mod host;
 
 /// Deterministic pseudo-random content: same seed, same bytes.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
@@ -95,6 +101,8 @@ pub struct Logged {
     /// this one started: (path, bytes), in the order they were logged. It
     /// tells what was done when a request came, whatever the clock.
     pub earlier_sent: Vec<(String, usize)>,
+    /// Requests in flight when this one came, itself included.
+    pub in_flight: usize,
 }
 
 impl Logged {
@@ -126,6 +134,15 @@ struct Shared {
     chaos: Mutex<Option<(u32, u32, u64)>>,
     /// What each handler or body that panicked said.
     panics: Mutex<Vec<String>>,
+    host: Mutex<host::HostFaults>,
+    /// Requests let through [`Server::capacity`] and not done yet, and
+    /// the most at once.
+    at_work: AtomicUsize,
+    max_at_work: AtomicUsize,
+    /// Told when an outage is due ([`Server::outage`]).
+    outage_begins: tokio::sync::Notify,
+    /// Each outage: began, ended, connections dropped.
+    outages: Mutex<Vec<(std::time::Instant, Option<std::time::Instant>, usize)>>,
 }
 
 impl Shared {
@@ -191,11 +208,23 @@ impl Server {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let mut listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                addr_tx.send(addr).unwrap();
                 let accept = async {
+                    // Connections open, to drop in an outage.
+                    let mut open: Vec<tokio::task::AbortHandle> = Vec::new();
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let stream = tokio::select! {
+                            accepted = listener.accept() => match accepted {
+                                Ok((stream, _)) => stream,
+                                Err(_) => continue,
+                            },
+                            () = state.outage_begins.notified() => {
+                                listener = host::outage(&state, listener, &mut open).await;
+                                continue;
+                            }
+                        };
                         state.connections.fetch_add(1, Ordering::SeqCst);
                         let tls = tls.clone();
                         let serving = state.clone();
@@ -209,6 +238,8 @@ impl Server {
                                 }
                             }
                         });
+                        open.retain(|c| !c.is_finished());
+                        open.push(connection.abort_handle());
                         // A body that panics ends the connection's task.
                         let state = state.clone();
                         tokio::spawn(async move {
@@ -306,9 +337,13 @@ where
 type BoxBody = Pin<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send>>;
 
 async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
-    let guard = InFlight::enter(&state);
+    let mut guard = InFlight::enter(&state);
+    let in_flight = guard.entered_with;
     let path = req.uri().path().to_owned();
-    let route = {
+    let host_status = state.host.lock().unwrap().verdict(&state, &mut guard);
+    let route = if host_status.is_some() {
+        None
+    } else {
         let mut routes = state.routes.lock().unwrap();
         match routes.get_mut(&path) {
             None => None,
@@ -340,9 +375,14 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody>
     };
     let (mut logged_cut, mut stalled) = (None, false);
     let sent = Arc::new(AtomicUsize::new(0));
-    let (response, status) = match route {
-        None => plain(StatusCode::NOT_FOUND, "not found"),
-        Some((route, status, cut, stall)) => {
+    let (response, status) = match (route, host_status) {
+        (_, Some(status)) => {
+            let no_route = Route::default();
+            let faults = Faults { status: Some(status), cut: None, stall: None };
+            respond(&state, &no_route, req.headers(), faults, guard, sent.clone())
+        }
+        (None, None) => plain(StatusCode::NOT_FOUND, "not found"),
+        (Some((route, status, cut, stall)), None) => {
             logged_cut = cut;
             stalled = stall.is_some();
             if !route.delay.is_zero() {
@@ -362,6 +402,7 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody>
         at: std::time::Instant::now(),
         sent,
         earlier_sent,
+        in_flight,
     });
     drop(log);
     response
@@ -476,21 +517,36 @@ pub fn parse_range(value: &str) -> Option<(u64, Option<u64>)> {
     Some((from.trim().parse().ok()?, to))
 }
 
-/// Counts a request as in flight until its response body is done.
+/// Counts a request as in flight until its response body is done, and as
+/// at work too once a capacity let it through.
 #[derive(Debug)]
-struct InFlight(Arc<Shared>);
+struct InFlight {
+    state: Arc<Shared>,
+    /// Requests in flight when it came, itself included.
+    entered_with: usize,
+    at_work: bool,
+}
 
 impl InFlight {
     fn enter(state: &Arc<Shared>) -> InFlight {
         let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        InFlight(state.clone())
+        InFlight { state: state.clone(), entered_with: now, at_work: false }
+    }
+
+    fn work(&mut self) {
+        let now = self.state.at_work.fetch_add(1, Ordering::SeqCst) + 1;
+        self.state.max_at_work.fetch_max(now, Ordering::SeqCst);
+        self.at_work = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.at_work {
+            self.state.at_work.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
