@@ -129,8 +129,8 @@ pub struct Health {
     episode: u64,
     /// The pace learned from its `429`s, in requests per second.
     learned_rate: Option<f64>,
-    /// When the current rate cycle began (the last `429`'s pause), and
-    /// its count of answers then.
+    /// When the current rate cycle began (the last `429`), and the count
+    /// of answers when its pause ended.
     cycle: (Instant, u64),
     /// Its trouble began then, with no success since.
     trouble_since: Option<(Instant, SystemTime)>,
@@ -224,7 +224,7 @@ impl Health {
         if let State::Paused { until, .. } = self.state
             && now >= until
         {
-            self.state = State::Open;
+            self.end_pause();
         }
         if let State::Down { probing, .. } = &mut self.state {
             *probing = true;
@@ -281,7 +281,7 @@ impl Health {
             return;
         }
         if matches!(self.state, State::Paused { until, .. } if now >= until) {
-            self.state = State::Open;
+            self.end_pause();
         }
         self.streak += 1;
         // Back to where it was, a round of answers at a time; past it, one
@@ -401,8 +401,18 @@ impl Health {
         self.last_decrease = Some(now);
     }
 
+    /// A pause ends: the rate cycle counts the answers from here on, not
+    /// the late ones of requests sent before the 429.
+    fn end_pause(&mut self) {
+        self.state = State::Open;
+        self.cycle.1 = self.answered;
+    }
+
     /// A `429` after a cycle of answers: pace at the rate they came, a
-    /// little under it.
+    /// little under it. The cycle runs from the last 429 (its pause
+    /// included: the server's window) and counts the answers after the
+    /// pause. A 429 right after a pause (a Retry-After shorter than the
+    /// server's window) has none and teaches nothing.
     fn learn_rate(&mut self, now: Instant) {
         let (began, answered) = self.cycle;
         let seconds = now.duration_since(began).as_secs_f64();
@@ -501,6 +511,23 @@ mod tests {
         let started = h.start(t0);
         h.failed(Trouble::Busy(429), None, 16, started, t0);
         assert_eq!(h.admits(0, t0), Admit::At(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn late_answers_of_requests_sent_before_a_429_teach_no_rate() {
+        let t0 = Instant::now();
+        let mut h = Health::new(policy(16));
+        let started = h.start(t0);
+        h.failed(Trouble::Busy(429), Some(Duration::from_secs(1)), 16, started, t0);
+        // Four late answers come in during the pause; right after it the
+        // server (whose window is longer than its Retry-After) says 429.
+        for _ in 0..4 {
+            h.answered_at(t0 + Duration::from_millis(500));
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        let started = h.start(t1);
+        h.failed(Trouble::Busy(429), Some(Duration::from_secs(1)), 1, started, t1);
+        assert_eq!(h.rate(), None, "4 answers a second is not what it allows");
     }
 
     #[test]
