@@ -129,9 +129,9 @@ pub struct Health {
     episode: u64,
     /// The pace learned from its `429`s, in requests per second.
     learned_rate: Option<f64>,
-    /// When the current rate cycle began (the last `429`), and the count
-    /// of answers when its pause ended.
-    cycle: (Instant, u64),
+    /// When the current rate cycle began (the last `429`), the count of
+    /// answers when its pause ended, and how long that pause was.
+    cycle: (Instant, u64, Duration),
     /// Its trouble began then, with no success since.
     trouble_since: Option<(Instant, SystemTime)>,
     last_decrease: Option<Instant>,
@@ -154,7 +154,7 @@ impl Health {
             busy_in_a_row: 0,
             episode: 0,
             learned_rate: None,
-            cycle: (Instant::now(), 0),
+            cycle: (Instant::now(), 0, Duration::ZERO),
             trouble_since: None,
             last_decrease: None,
             answered: 0,
@@ -337,6 +337,9 @@ impl Health {
                     n => (self.policy.delay * 2u32.saturating_pow(n - 2)).min(self.policy.max_delay),
                 };
                 let wait = retry_after.map_or(Duration::ZERO, |w| w.min(self.policy.max_delay)).max(backoff);
+                if fresh && status == 429 {
+                    self.cycle.2 = wait;
+                }
                 if !matches!(self.state, State::Down { .. }) && !wait.is_zero() {
                     let until = match self.state {
                         State::Paused { until: old, .. } => old.max(now + wait),
@@ -409,19 +412,23 @@ impl Health {
     }
 
     /// A `429` after a cycle of answers: pace at the rate they came, a
-    /// little under it. The cycle runs from the last 429 (its pause
-    /// included: the server's window) and counts the answers after the
-    /// pause. A 429 right after a pause (a Retry-After shorter than the
-    /// server's window) has none and teaches nothing.
+    /// little under it. The cycle runs from the end of the last 429's pause
+    /// (but lasts at least that pause: the server's window) and counts the
+    /// answers after the pause. A 429 right after a pause (a Retry-After
+    /// shorter than the server's window) has none and teaches nothing.
     fn learn_rate(&mut self, now: Instant) {
-        let (began, answered) = self.cycle;
-        let seconds = now.duration_since(began).as_secs_f64();
+        let (began, answered, pause) = self.cycle;
+        // The time it took them, or the pause if longer: after a pause as
+        // long as the server's window, a burst of answers spends its
+        // allowance in a moment, and the window is the time that counts.
+        let active = now.saturating_duration_since(began + pause);
+        let seconds = active.max(pause).as_secs_f64();
         let answers = self.answered - answered;
         if answers > 0 && seconds >= 0.05 {
             let allowed = answers as f64 / seconds;
             self.learned_rate = Some(allowed * 0.98);
         }
-        self.cycle = (now, self.answered);
+        self.cycle = (now, self.answered, Duration::ZERO);
         self.next_token = None;
     }
 
