@@ -56,6 +56,7 @@ impl Line {
             if policy.max_rate.is_some() && host.health.is_none() {
                 host.health = Some(Health::new(policy));
                 self.troubled += 1;
+                self.health_seen.store(true, std::sync::atomic::Ordering::Release);
             }
             let episode = host.health.as_mut().map_or(0, |health| health.start(now));
             served.push((number, episode));

@@ -43,6 +43,10 @@ pub use keyed::{Keyed, KeyedPermit};
 #[derive(Debug)]
 pub struct Limits {
     line: Arc<Mutex<Line>>,
+    /// Whether any host has a health record yet: until then the calls
+    /// every entry makes ([`Limits::gate`], [`Limits::answered`],
+    /// [`Limits::blocked_waiters`]) answer without taking the lock.
+    health_seen: Arc<AtomicBool>,
     /// The run has been told that it runs fewer at once than asked.
     told: AtomicBool,
     /// Told when a host may take requests again, or is gone.
@@ -68,6 +72,7 @@ struct Line {
     /// When a timer will serve the line again, if one is set.
     timer: Option<Instant>,
     changed: Arc<Notify>,
+    health_seen: Arc<AtomicBool>,
     /// This line, for the timer task.
     me: Weak<Mutex<Line>>,
 }
@@ -150,6 +155,7 @@ impl Slot {
 impl Limits {
     pub fn new(jobs: usize, per_host: Option<usize>, policy: Policy) -> Limits {
         let changed = Arc::new(Notify::new());
+        let health_seen = Arc::new(AtomicBool::new(false));
         let line = Arc::new_cyclic(|me| {
             Mutex::new(Line {
                 jobs,
@@ -163,10 +169,11 @@ impl Limits {
                 next: 0,
                 timer: None,
                 changed: changed.clone(),
+                health_seen: health_seen.clone(),
                 me: me.clone(),
             })
         });
-        Limits { line, told: AtomicBool::new(false), changed }
+        Limits { line, health_seen, told: AtomicBool::new(false), changed }
     }
 
     /// Slots in all (fewer than `--jobs` once [`Limits::lower`]ed).
@@ -226,6 +233,9 @@ impl Limits {
     /// Where `host` stands for a new entry. A down host with no request
     /// out or waiting is open to one: someone has to probe it.
     pub fn gate(&self, host: &str) -> Gate {
+        if !self.health_seen.load(Ordering::Acquire) {
+            return Gate::Open;
+        }
         let mut line = lock(&self.line);
         let now = Instant::now();
         let Some(entry) = line.hosts.get_mut(host) else { return Gate::Open };
@@ -244,6 +254,9 @@ impl Limits {
     /// Tickets waiting for a host that is paused, down or gone: the
     /// dispatcher does not count their entries against its lookahead.
     pub fn blocked_waiters(&self) -> usize {
+        if !self.health_seen.load(Ordering::Acquire) {
+            return 0;
+        }
         let line = lock(&self.line);
         if line.troubled == 0 {
             return 0;
@@ -263,6 +276,9 @@ impl Limits {
     /// A response from `host` arrived that does not ask for less; true
     /// when that reopened the host.
     pub fn answered(&self, host: &str) -> bool {
+        if !self.health_seen.load(Ordering::Acquire) {
+            return false;
+        }
         let mut line = lock(&self.line);
         let Some(health) = line.hosts.get_mut(host).and_then(|h| h.health.as_mut()) else { return false };
         let closed = health.state() != State::Open;
@@ -310,6 +326,7 @@ impl Limits {
         health.failed(trouble, retry_after, busy, started, Instant::now());
         let after = health.state();
         line.troubled += usize::from(new);
+        self.health_seen.store(true, Ordering::Release);
         line.serve();
         let changed = std::mem::discriminant(&before) != std::mem::discriminant(&after);
         if changed {
