@@ -319,8 +319,12 @@ impl Health {
                 if fresh {
                     self.record.pauses += 1;
                     // With others out, the server is at work: fewer at once
-                    // is the remedy, not a pause of its own.
-                    if busy <= 1 {
+                    // is the remedy, not a pause of its own. Not so for a
+                    // rate limit (fewer at once do not lower the rate): a
+                    // 429 asked again pauses, or, without a Retry-After,
+                    // its requests would come back at once until its window
+                    // turns.
+                    if busy <= 1 || status == 429 {
                         self.busy_in_a_row += 1;
                     }
                     if status == 429 {
@@ -488,6 +492,18 @@ mod tests {
         let started = h.start(at);
         h.failed(Trouble::Busy(503), None, 1, started, at);
         assert_eq!(h.admits(0, at), Admit::Now);
+    }
+
+    #[test]
+    fn a_429_without_retry_after_asked_again_pauses_even_with_others_out() {
+        let t0 = Instant::now();
+        let mut h = Health::new(policy(16));
+        let started = h.start(t0);
+        h.failed(Trouble::Busy(429), None, 16, started, t0);
+        assert_eq!(h.admits(0, t0), Admit::Now);
+        let started = h.start(t0);
+        h.failed(Trouble::Busy(429), None, 16, started, t0);
+        assert_eq!(h.admits(0, t0), Admit::At(t0 + Duration::from_secs(1)));
     }
 
     #[test]
