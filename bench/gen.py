@@ -15,6 +15,9 @@ work, scenario = sys.argv[1], sys.argv[2]
 count = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 www = os.path.join(work, "www")
 PLAIN, CAPPED, SLOW = "http://127.0.0.1:18080", "http://127.0.0.1:18081", "http://127.0.0.1:18082"
+# faultd.py's port, and one where nothing listens (verify.py knows both).
+FAULT, DEAD = "http://127.0.0.1:18083", "http://127.0.0.1:18099"
+FAULTS = {"ratelimit": 2000, "outage": 3000, "overloaded": 1000}
 
 
 def make(path, size, seed):
@@ -53,6 +56,17 @@ elif scenario == "many":
     for i in range(n):
         p = f"many/d{i % 200}/f{i}.bin"
         entries.append((f"{PLAIN}/{p}", p))
+elif scenario in FAULTS:
+    # Nothing on disk: faultd.py makes every body.
+    for i in range(FAULTS[scenario]):
+        p = f"{scenario}/f{i}.bin"
+        entries.append((f"{FAULT}/{p}", p))
+elif scenario == "deadhost":
+    # 10,000 entries on the dead port, five before each of 2,000 healthy
+    # ones; deadhost-alone.fetch holds the healthy ones only.
+    for i in range(12000):
+        p = f"deadhost/{'ok' if i % 6 == 5 else 'dead'}/f{i}.bin"
+        entries.append((f"{FAULT if i % 6 == 5 else DEAD}/{p}", p))
 else:
     sys.exit(f"unknown scenario {scenario}")
 
@@ -67,3 +81,6 @@ with open(f"{m}/{scenario}{suffix}.curl", "w") as f:
     f.writelines(f'url = "{u}"\noutput = "{p}"\n' for u, p in entries)
 with open(f"{m}/{scenario}{suffix}.wget2", "w") as f:
     f.writelines(f"{u}\n" for u, p in entries)
+if scenario == "deadhost":
+    with open(f"{m}/deadhost-alone.fetch", "w") as f:
+        f.writelines(f"{u} {p}\n" for u, p in entries if u.startswith(FAULT))

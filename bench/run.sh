@@ -10,7 +10,14 @@
 # Scenarios: small (2,000 x 16 KiB), large (4 x 256 MiB), capped (large at
 # 25 MB/s per connection), latency (100 x 16 KiB, 50 ms each), many (200,000
 # x 1 byte in 200 folders), noop (many again, all present), bars (small with
-# progress bars on a pty vs -q), flat (peak RSS, 2,000,000-line manifest).
+# progress bars on a pty vs -q), flat (peak RSS, 2,000,000-line manifest);
+# host health against bench/faultd.py (issue 17): ratelimit and
+# ratelimit-nora (100 requests/s, 429 with Retry-After: 1 or without),
+# outage (90 s mid-run; one run of each tool, two minutes each), deadhost
+# (refused port among a healthy one), overloaded (4 at once, 503 beyond).
+# Fault tables: a row per run, with the server's counts; the peers retry
+# as issue 17 asks (curl --retry 5 --retry-all-errors, wget2 --tries=6,
+# aria2c --max-tries=6).
 # fetch fsyncs every file before its rename; the peers do not.
 # Needs root for apt-get when a tool is missing. Data lives in $BENCH_DIR
 # (default /tmp/fetch-bench, about 1.1 GiB, and 0.4 GiB more while it runs).
@@ -19,11 +26,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bench=$root/bench
 WORK=${BENCH_DIR:-/tmp/fetch-bench}
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-"small large capped latency many noop bars flat"}
+SCENARIOS=${SCENARIOS:-"small large capped latency many noop bars flat ratelimit ratelimit-nora outage deadhost overloaded"}
 J=16
 
 need=()
-for pair in nginx:nginx-light aria2c:aria2 wget2:wget2 curl:curl /usr/bin/time:time python3:python3 script:bsdutils; do
+for pair in nginx:nginx-light aria2c:aria2 wget2:wget2 curl:curl /usr/bin/time:time python3:python3 script:bsdutils \
+  strace:strace; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
@@ -52,6 +60,7 @@ CONF
 cleanup() {
   nginx -c "$WORK/nginx.conf" -p "$WORK" -s stop 2>/dev/null || true
   [ -n "${slow:-}" ] && kill "$slow" 2>/dev/null || true
+  [ -n "${faultd:-}" ] && kill "$faultd" 2>/dev/null || true
 }
 # The outputs settle set aside go at the end, when no run follows.
 trap 'cleanup; rm -rf "$WORK/trash"' EXIT
@@ -61,6 +70,7 @@ python3 "$bench/latency.py" "$WORK/www" 18082 50 & slow=$!
 
 results=$WORK/results.tsv
 : > "$results"
+: > "$WORK/faults.tsv"
 
 # settle OUT SERVED: the state every timed run starts from. The last run's
 # output is put out of the way and written back, and the kernel's caches are
@@ -145,6 +155,58 @@ peers() {
   measure "$s" wget2 "$out" "$m.fetch" "$n" wget2 -q --max-threads=$J -nH -x -P "$out" -i "$m.wget2"
 }
 
+# fault SCENARIO TOOL MANIFEST LIMIT SERVER CMD...: RUNS runs of CMD (cut
+# off after LIMIT seconds) against a fresh faultd.py started with the
+# arguments in SERVER; a row of faults.tsv each: wall time, what verify.py
+# says, faultd's counts, and for fetch's --report the attempts on the dead
+# port.
+fault() {
+  local scenario=$1 tool=$2 manifest=$3 limit=$4 server=$5 out=$WORK/out
+  shift 5
+  for _ in $(seq "$RUNS"); do
+    rm -rf "$out" "$WORK/logs/report.jsonl" "$WORK/logs/connect.txt" && mkdir -p "$out" && sync
+    # shellcheck disable=SC2086 # SERVER is a list of arguments
+    python3 "$bench/faultd.py" $server > "$WORK/logs/faultd.jsonl" & faultd=$!
+    until (exec 3<> /dev/tcp/127.0.0.1/18083) 2> /dev/null; do sleep 0.05; done
+    local start end rc=0
+    start=$(date +%s%N)
+    timeout -s INT "$limit" "$@" > "$WORK/logs/$scenario-${tool//[^A-Za-z0-9.-]/_}.log" 2>&1 || rc=$?
+    end=$(date +%s%N)
+    kill -TERM "$faultd" && wait "$faultd" || true
+    faultd=
+    local ok attempts=-
+    ok=$(python3 "$bench/verify.py" "$WORK" "$manifest" "$out" || true)
+    [ $rc = 124 ] && ok="cut off at ${limit} s; $ok"
+    if [ -s "$WORK/logs/connect.txt" ]; then
+      attempts="$(grep -c 'htons(18099)' "$WORK/logs/connect.txt" || true) connection attempts"
+    fi
+    if [ -s "$WORK/logs/report.jsonl" ]; then
+      attempts+="; $(python3 -c 'import json, sys
+a = [json.loads(l)["attempts"] for l in open(sys.argv[1]) if ":18099/" in l]
+print(f"attempts {sum(a)} in all, at most {max(a)} each")' "$WORK/logs/report.jsonl")"
+    fi
+    wall=$(awk -v ns=$((end - start)) 'BEGIN {printf "%.3f", ns / 1e9}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$tool" "$wall" "$ok" "$(tail -1 "$WORK/logs/faultd.jsonl")" \
+      "$attempts" >> "$WORK/faults.tsv"
+    echo "  $scenario $tool: ${wall}s $ok $(tail -1 "$WORK/logs/faultd.jsonl") $attempts" >&2
+  done
+}
+
+# fault_peers SCENARIO MANIFEST LIMIT SERVER: every tool, fetch with default
+# options (its -j is 16, as the peers are run), the peers with the retries
+# of issue 17.
+fault_peers() {
+  local s=$1 m=$2 limit=$3 server=$4 out=$WORK/out
+  fault "$s" fetch "$m.fetch" "$limit" "$server" "$FETCH" -q --dir "$out" "$m.fetch"
+  fault "$s" "aria2c --max-tries=6" "$m.fetch" "$limit" "$server" aria2c -q -j $J -x 1 -s 1 --max-tries=6 \
+    --file-allocation=none --auto-file-renaming=false --allow-overwrite=true --summary-interval=0 \
+    --dir "$out" -i "$m.aria2"
+  fault "$s" "curl --retry 5 --retry-all-errors" "$m.fetch" "$limit" "$server" curl -s --parallel \
+    --parallel-max $J --retry 5 --retry-all-errors --create-dirs --output-dir "$out" -K "$m.curl"
+  fault "$s" "wget2 --tries=6" "$m.fetch" "$limit" "$server" wget2 -q --max-threads=$J --tries=6 -nH -x \
+    -P "$out" -i "$m.wget2"
+}
+
 for s in $SCENARIOS; do
   echo "== $s" >&2
   case $s in
@@ -187,6 +249,53 @@ for s in $SCENARIOS; do
       measure flat "fetch, 2,000,000 lines --shard 0/10" "$out" "$m.shard0" "$(wc -l < "$m.shard0")" \
         "$FETCH" -q -j $J --dir "$out" --shard 0/10 "$m.fetch"
       ;;
+    ratelimit | ratelimit-nora)
+      # 100 requests a second, 429 beyond, with Retry-After: 1 or without.
+      python3 "$bench/gen.py" "$WORK" ratelimit
+      fault_peers "$s" "$WORK/m/ratelimit" 600 "ratelimit 18083 100$([ "$s" = ratelimit-nora ] && echo " none")"
+      ;;
+    outage)
+      # Each answer takes 160 ms, so 16 at once make 100 files a second and
+      # a clean run about 30 s; the server goes 10 s after the first request
+      # for 90 s. Once each: a run lasts two minutes.
+      python3 "$bench/gen.py" "$WORK" outage
+      m=$WORK/m/outage
+      RUNS=1 fault outage "fetch, no outage" "$m.fetch" 600 "slow 18083 --delay 160" \
+        "$FETCH" -q --dir "$WORK/out" "$m.fetch"
+      RUNS=1 fault_peers outage "$m" 600 "outage 18083 10 90 --delay 160"
+      ;;
+    deadhost)
+      # Nothing listens on 18099; the healthy server answers in 50 ms, so
+      # its 2,000 entries alone take about 6 s at 16 at once. Every tool's
+      # connection attempts to the dead port are counted (strace: connect(),
+      # and sendto() for wget2's TCP Fast Open), fetch's also from its
+      # --report. Peers cut off after 300 s.
+      python3 "$bench/gen.py" "$WORK" deadhost
+      m=$WORK/m/deadhost server="slow 18083 --delay 50"
+      # (Tracing sendto() of the others too would stop them at every write.)
+      trace=(strace -f -qq -o "$WORK/logs/connect.txt" -e trace=connect --seccomp-bpf)
+      fault deadhost "fetch, healthy entries alone" "$WORK/m/deadhost-alone.fetch" 600 "$server" \
+        "$FETCH" -q --dir "$WORK/out" "$WORK/m/deadhost-alone.fetch"
+      fault deadhost "fetch --host-timeout 30s" "$m.fetch" 600 "$server" "${trace[@]}" \
+        "$FETCH" -q --host-timeout 30s --report "$WORK/logs/report.jsonl" --dir "$WORK/out" "$m.fetch"
+      fault deadhost "aria2c --max-tries=6" "$m.fetch" 300 "$server" "${trace[@]}" aria2c -q -j $J -x 1 -s 1 \
+        --max-tries=6 --file-allocation=none --auto-file-renaming=false --allow-overwrite=true \
+        --summary-interval=0 --dir "$WORK/out" -i "$m.aria2"
+      fault deadhost "curl --retry 5 --retry-all-errors" "$m.fetch" 300 "$server" "${trace[@]}" curl -s \
+        --parallel --parallel-max $J --retry 5 --retry-all-errors --create-dirs --output-dir "$WORK/out" \
+        -K "$m.curl"
+      fault deadhost "wget2 --tries=6" "$m.fetch" 300 "$server" "${trace[@]/%connect/connect,sendto}" wget2 -q --max-threads=$J \
+        --tries=6 -nH -x -P "$WORK/out" -i "$m.wget2"
+      ;;
+    overloaded)
+      # At most 4 requests at once, 50 ms each, 503 beyond: 1,000 files take
+      # 12.5 s at best, which fetch -j 4 measures.
+      python3 "$bench/gen.py" "$WORK" overloaded
+      m=$WORK/m/overloaded
+      fault overloaded "fetch -j 4 (K at a time)" "$m.fetch" 600 "overload 18083 4 50" \
+        "$FETCH" -q -j 4 --dir "$WORK/out" "$m.fetch"
+      fault_peers overloaded "$m" 600 "overload 18083 4 50"
+      ;;
     *) echo "unknown scenario $s" >&2; exit 2 ;;
   esac
 done
@@ -220,3 +329,4 @@ if [ -f "$WORK/www/large/f0.bin" ]; then
   echo "Ceilings: loopback \`curl -o /dev/null\` of one 256 MiB file: $(awk -v s="$speed" 'BEGIN {printf "%.0f MiB/s", s/1048576}'); disk \`dd conv=fdatasync\` 512 MiB: $disk; disk, four \`dd oflag=direct\` of 256 MiB at once: $direct."
 fi
 python3 "$bench/table.py" "$results"
+python3 "$bench/faults.py" "$WORK/faults.tsv"
