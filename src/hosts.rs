@@ -240,11 +240,6 @@ impl Health {
         self.episode
     }
 
-    /// The episode a request starting now would start in.
-    pub fn episode(&self) -> u64 {
-        self.episode
-    }
-
     /// The pace of its requests: `--max-rate`, or slower if it asked.
     fn rate(&self) -> Option<f64> {
         match (self.policy.max_rate, self.learned_rate) {
