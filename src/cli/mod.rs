@@ -2,16 +2,19 @@
 //! they parse into (durations, header lines). No I/O happens here; reading
 //! `-H @FILE` and checking `--dir` belong to [`crate::config`].
 
-use std::ffi::{OsStr, OsString};
-use std::fmt;
-use std::os::unix::ffi::OsStrExt;
+mod headers;
+mod values;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 use crate::shard::Shard;
+
+pub use headers::{HeaderArg, HeaderLine, header_values};
+pub use values::{ByteSize, HumanDuration};
 
 const AFTER_HELP: &str = "\
 Manifest lines:
@@ -183,82 +186,6 @@ pub enum ProgressMode {
     None,
 }
 
-/// A duration written as a number and a unit: `500ms`, `2s`, `1.5m`, `1h`.
-/// A bare number means seconds, as curl's `--connect-timeout` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let value: f64 = number.parse().map_err(|_| {
-            format!("invalid duration {s:?}: expected a number and a unit, like 500ms, 2s, 1m or 1h")
-        })?;
-        let scale = match unit.trim() {
-            "ms" => 0.001,
-            "" | "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => {
-                return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m or h"));
-            }
-        };
-        Duration::try_from_secs_f64(value * scale)
-            .map(HumanDuration)
-            .map_err(|_| format!("duration {s:?} is out of range"))
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
-}
-
-/// A size in bytes with an optional binary unit, as aria2's `-k` and
-/// curl's `--limit-rate` take it: `512K`, `64M`, `1G`, `1.5G` (`KiB`,
-/// `MB` and lower case are accepted; every unit is a power of 1024).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl FromStr for ByteSize {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected a number and a unit, like 64M"))?;
-        let unit = unit.trim().to_ascii_uppercase();
-        let unit = unit.strip_suffix("IB").or_else(|| unit.strip_suffix('B')).unwrap_or(&unit);
-        let shift = match unit {
-            "" => 0,
-            "K" => 10,
-            "M" => 20,
-            "G" => 30,
-            "T" => 40,
-            _ => return Err(format!("invalid size unit in {s:?}: use K, M, G or T")),
-        };
-        let bytes = value * (1u64 << shift) as f64;
-        if !(bytes.is_finite() && bytes < u64::MAX as f64) {
-            return Err(format!("size {s:?} is out of range"));
-        }
-        Ok(ByteSize(bytes as u64))
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
 /// `--connect-timeout` and `--read-timeout`: a duration of at least 1 ms.
 /// Zero would fail every request before it could start.
 fn timeout(s: &str) -> Result<HumanDuration, String> {
@@ -285,182 +212,9 @@ fn user_agent(s: &str) -> Result<String, String> {
         .map_err(|_| "a User-Agent may not hold control characters such as a newline".to_owned())
 }
 
-/// One `-H` argument: a header line, or `@FILE` naming a file of header lines.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderArg {
-    Line(HeaderLine),
-    File(PathBuf),
-}
-
-impl HeaderArg {
-    /// Parse one raw `-H` value. The error never quotes the value: a
-    /// header line is a secret until it is known to be well formed.
-    pub fn parse(raw: &OsStr) -> Result<HeaderArg, String> {
-        match raw.as_bytes().strip_prefix(b"@") {
-            Some(b"") => Err("-H @FILE needs a file name after '@'".to_owned()),
-            Some(path) => Ok(HeaderArg::File(PathBuf::from(OsStr::from_bytes(path)))),
-            None => match raw.to_str() {
-                Some(line) => line.parse().map(HeaderArg::Line),
-                None => Err("header is not valid UTF-8".to_owned()),
-            },
-        }
-    }
-}
-
-/// A header as `Name: Value`. The value is kept private to Debug output:
-/// header values are treated as secrets everywhere (docs/contract.md, "Secrets and terminals").
-#[derive(Clone, PartialEq, Eq)]
-pub struct HeaderLine {
-    pub name: String,
-    pub value: String,
-}
-
-impl fmt::Debug for HeaderLine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: <redacted>", self.name)
-    }
-}
-
-impl FromStr for HeaderLine {
-    type Err = String;
-
-    /// Errors name the header only once its name is a valid one: whatever
-    /// precedes a `:` may be a pasted token (`Bearer abc:def`).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let Some((name, value)) = s.split_once(':') else {
-            return Err("header has no ':'; write it as 'Name: Value'".to_owned());
-        };
-        let name = name.trim();
-        let value = value.trim();
-        if name.is_empty() {
-            return Err("header has an empty name; write it as 'Name: Value'".to_owned());
-        }
-        reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            "header name has characters not allowed in HTTP (or a space); write it as 'Name: Value'"
-                .to_owned()
-        })?;
-        reqwest::header::HeaderValue::from_str(value)
-            .map_err(|_| format!("header {name:?} has a value with characters not allowed in HTTP"))?;
-        Ok(HeaderLine { name: name.to_owned(), value: value.to_owned() })
-    }
-}
-
-/// The `-H` values on a raw command line, for taking out of an error that
-/// the argument parser renders: `-H V`, `-HV`, `--header V`,
-/// `--header=V`, and `-qH V` or `-qHV` in a cluster of short flags.
-pub fn header_values(args: &[OsString]) -> Vec<String> {
-    let mut values = Vec::new();
-    let mut args = args.iter().map(|a| a.to_string_lossy());
-    while let Some(arg) = args.next() {
-        if arg == "--" {
-            break;
-        }
-        let inline = if let Some(long) = arg.strip_prefix("--") {
-            match long.split_once('=') {
-                Some(("header", value)) => Some(value.to_owned()),
-                _ if long == "header" => None,
-                _ => continue,
-            }
-        } else if let Some(cluster) = arg.strip_prefix('-')
-            && let Some((_, value)) = cluster.split_once('H')
-        {
-            Some(value.to_owned()).filter(|v| !v.is_empty())
-        } else {
-            continue;
-        };
-        match inline {
-            Some(value) => values.push(value),
-            None => values.extend(args.next().map(|v| v.into_owned())),
-        }
-    }
-    values
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        let ok = [
-            ("500ms", Duration::from_millis(500)),
-            ("2s", Duration::from_secs(2)),
-            ("2", Duration::from_secs(2)),
-            ("1.5s", Duration::from_millis(1500)),
-            ("1m", Duration::from_secs(60)),
-            ("1h", Duration::from_secs(3600)),
-            ("0s", Duration::ZERO),
-            (" 10ms ", Duration::from_millis(10)),
-        ];
-        for (input, want) in ok {
-            assert_eq!(input.parse::<HumanDuration>(), Ok(HumanDuration(want)), "{input}");
-        }
-        for bad in ["", "s", "1d", "-1s", "1..2s", "ms", "1e3s", "99999999999999999999h"] {
-            assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} should not parse");
-        }
-    }
-
-    #[test]
-    fn sizes() {
-        let ok = [
-            ("0", 0),
-            ("1000", 1000),
-            ("512K", 512 << 10),
-            ("64M", 64 << 20),
-            ("64MiB", 64 << 20),
-            ("64mb", 64 << 20),
-            ("1.5G", 3 << 29),
-            ("2T", 2 << 40),
-            (" 8 M ", 8 << 20),
-        ];
-        for (input, want) in ok {
-            assert_eq!(input.parse::<ByteSize>(), Ok(ByteSize(want)), "{input}");
-        }
-        for bad in ["", "M", "1X", "-1M", "1..2M", "99999999999T"] {
-            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} should not parse");
-        }
-    }
-
-    #[test]
-    fn header_lines() {
-        let h: HeaderLine = "Authorization: Bearer abc:def".parse().unwrap();
-        assert_eq!((h.name.as_str(), h.value.as_str()), ("Authorization", "Bearer abc:def"));
-        let h: HeaderLine = "X-Empty:".parse().unwrap();
-        assert_eq!(h.value, "");
-        for bad in ["NoColon", ": value", "Bad Name: v", "X: a\u{7f}b"] {
-            assert!(bad.parse::<HeaderLine>().is_err(), "{bad:?} should not parse");
-        }
-        assert_eq!(HeaderArg::parse("@h.txt".as_ref()), Ok(HeaderArg::File("h.txt".into())));
-        assert!(HeaderArg::parse("@".as_ref()).is_err());
-    }
-
-    #[test]
-    fn malformed_header_does_not_echo_secret() {
-        for bad in ["Token supersecret", "supersecret", "Bearer supersecret:x", "X: supersecret\u{1}"] {
-            let err = bad.parse::<HeaderLine>().unwrap_err();
-            assert!(!err.contains("supersecret"), "{err}");
-        }
-        let not_utf8 = OsStr::from_bytes(b"X: supersecret\xff");
-        assert!(!HeaderArg::parse(not_utf8).unwrap_err().contains("supersecret"));
-        assert!(format!("{:?}", "A: secret".parse::<HeaderLine>().unwrap()).contains("<redacted>"));
-    }
-
-    #[test]
-    fn header_values_on_a_command_line() {
-        let cases: [(&[&str], &[&str]); 7] = [
-            (&["fetch", "-H", "A: 1", "m.txt"], &["A: 1"]),
-            (&["fetch", "-HA: 1"], &["A: 1"]),
-            (&["fetch", "--header", "A: 1", "--header=B: 2"], &["A: 1", "B: 2"]),
-            (&["fetch", "-qH", "A: 1", "-vHB: 2"], &["A: 1", "B: 2"]),
-            (&["fetch", "--headers", "x", "--dir", "H"], &[]),
-            (&["fetch", "-H"], &[]),
-            (&["fetch", "--", "-H", "A: 1"], &[]),
-        ];
-        for (args, want) in cases {
-            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-            assert_eq!(header_values(&args), want, "{args:?}");
-        }
-    }
 
     #[test]
     fn user_agents_are_header_values() {
