@@ -81,13 +81,20 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// Each long option is described in the options sections (the synopsis
+    /// names them all too, so it does not count).
     #[test]
     fn every_option_is_on_the_page() {
         let page = page();
+        let start = page.find(".SH OPTIONS").unwrap();
+        let options = &page[start..page.find(".SH NOTES").unwrap()];
         for arg in Cli::command().get_arguments() {
             if let Some(long) = arg.get_long() {
-                let roff = format!("\\-\\-{}", long.replace('-', "\\-"));
-                assert!(page.contains(&roff), "--{long} is missing");
+                let roff = format!("\\fB\\-\\-{}\\fR", long.replace('-', "\\-"));
+                assert!(options.contains(&roff), "--{long} is missing");
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let first = help.split_whitespace().take(2).collect::<Vec<_>>().join(" ").replace('-', "\\-");
+                assert!(options.contains(&first), "the help of --{long} is missing");
             }
         }
         for sub in Cli::command().get_subcommands() {

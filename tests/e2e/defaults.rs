@@ -151,7 +151,8 @@ fn the_manual_page_lists_the_options_exit_status_and_config_file() {
     let home = config_home(tmp.path(), "nonsense\n");
     let out = run(fetch(tmp.path()).env("XDG_CONFIG_HOME", &home).arg("manpage"));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    for want in [".TH fetch 1", "\\-\\-no\\-config", "\\-\\-jobs", ".SH \"EXIT STATUS\"", "fetch/config"] {
+    let options = [r"\fB\-\-no\-config\fR", r"\fB\-\-jobs\fR \fI<N>\fR", r"\fB\-\-header\fR \fI<HEADER>\fR"];
+    for want in [".TH fetch 1", ".SH \"EXIT STATUS\"", "fetch/config"].iter().chain(&options) {
         assert!(out.stdout.contains(want), "{want}");
     }
     let help = run(fetch(tmp.path()).env("XDG_CONFIG_HOME", &home).arg("--help"));
