@@ -97,6 +97,8 @@ fn expand(
         None => Vec::new(),
     };
     let vars = env_settings(&cmd, env).map_err(|(var, reason)| DefaultsError::Var { var, reason })?;
+    // The command line's own options, to hide what they replace: their
+    // arguments stay where they are, and non-empty `args` stands for "on".
     let given: Vec<Setting> = cmd
         .get_arguments()
         .filter(|arg| matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine))
@@ -221,11 +223,15 @@ fn file_line(cmd: &clap::Command, line: &[u8], number: usize) -> Result<Option<S
         return Err(unknown_name(cmd, name, value.is_none()));
     };
     let long = arg.get_long().unwrap_or_default();
+    // An option whose value is optional (`num_args(0..=1)`) may stand alone.
+    let value_optional = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
     let args = match (arg.get_action().takes_values(), value) {
-        (false, None) => vec![OsString::from(format!("--{long}"))],
         (false, Some(_)) => return Err(format!("{long} is a flag and takes no value: write `{long}` alone")),
         (true, Some(value)) => vec![long_with_value(long, OsStr::from_bytes(value))],
-        (true, None) => return Err(format!("{long} needs a value: write `{long} = VALUE`")),
+        (true, None) if !value_optional => {
+            return Err(format!("{long} needs a value: write `{long} = VALUE`"));
+        }
+        (_, None) => vec![OsString::from(format!("--{long}"))],
     };
     check_value(cmd, long, &args)?;
     Ok(Some(Setting { id: arg.get_id().to_string(), args, origin: number.to_string() }))
@@ -458,6 +464,17 @@ mod tests {
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(!err.contains("SECRET"), "{text:?}: {err}");
         }
+    }
+
+    /// An option others may add, whose value is optional, stands alone too.
+    #[test]
+    fn an_optional_value_may_be_left_out() {
+        let cmd = clap::Command::new("fetch").arg(Arg::new("netrc").long("netrc").num_args(0..=1));
+        let args = |text: &str| -> Vec<Vec<OsString>> {
+            file_settings(&cmd, text.as_bytes()).unwrap().into_iter().map(|s| s.args).collect()
+        };
+        assert_eq!(args("netrc"), [["--netrc"]]);
+        assert_eq!(args("netrc = ~/.netrc"), [["--netrc=~/.netrc"]]);
     }
 
     #[test]
