@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod commit;
 pub mod config;
+pub mod defaults;
 pub mod dest;
 pub mod dispatch;
 pub mod download;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod fsx;
 pub mod hosts;
 pub mod manifest;
+pub mod manpage;
 pub mod net;
 pub mod plan;
 pub mod pool;

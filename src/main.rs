@@ -2,7 +2,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use fetch::cli::{Cli, Command, header_values};
+use fetch::cli::{Cli, Command, header_values, with_habit_hint};
 use fetch::config::{Config, ConfigError};
 use fetch::error::ErrorChain;
 use fetch::progress::escape;
@@ -10,10 +10,25 @@ use fetch::report::{EXIT_OK, EXIT_USAGE};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
-    let cli = Cli::try_parse_from(&args).unwrap_or_else(|err| usage_error(&err, &args));
-    if let Some(Command::Completions { shell }) = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "fetch", &mut std::io::stdout());
-        return ExitCode::from(EXIT_OK);
+    let args = match fetch::defaults::with_defaults(&args) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("fetch: {}", escape(&err.to_string()));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cli = Cli::try_parse_from(&args).unwrap_or_else(|err| usage_error(&with_habit_hint(err), &args));
+    match cli.command {
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "fetch", &mut std::io::stdout());
+            return ExitCode::from(EXIT_OK);
+        }
+        Some(Command::Manpage) => {
+            // A closed stdout pipe (`fetch manpage | head`) is not an error.
+            let _ = fetch::manpage::render(&mut std::io::stdout().lock());
+            return ExitCode::from(EXIT_OK);
+        }
+        None => {}
     }
     match Config::from_cli(cli).map_err(fetch::Error::from).and_then(fetch::run) {
         Ok(summary) => ExitCode::from(summary.exit_code()),

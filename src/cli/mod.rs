@@ -2,6 +2,7 @@
 //! they parse into (durations, header lines). No I/O happens here; reading
 //! `-H @FILE` and checking `--dir` belong to [`crate::config`].
 
+mod habits;
 mod headers;
 mod values;
 
@@ -13,6 +14,7 @@ use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 use crate::shard::Shard;
 
+pub use habits::{habit, with_habit_hint};
 pub use headers::{HeaderArg, HeaderLine, header_values};
 pub use values::{ByteSize, HumanDuration};
 
@@ -25,6 +27,12 @@ Manifest lines:
 
 Exit status: 0 all downloaded or skipped, 1 some entry failed, 2 usage error,
 130/143 interrupted (partial files are kept and resumed by the next run).
+
+Defaults: options are read first from a config file, one long option per line
+(`jobs = 8`, or `insecure` for a flag, `#` comments): --config FILE, else
+$FETCH_CONFIG, else $XDG_CONFIG_HOME/fetch/config, else ~/.config/fetch/config.
+Then from FETCH_* variables (FETCH_JOBS=8, FETCH_INSECURE=1). The command line
+wins over both, and --no-config ignores both.
 
 Examples:
   fetch urls.txt                              download into the current directory
@@ -166,6 +174,15 @@ pub struct Cli {
     /// Process only the entries whose destination path hashes to shard K of N (0 <= K < N).
     #[arg(long, value_name = "K/N", help_heading = "Run")]
     pub shard: Option<Shard>,
+
+    /// Read option defaults from FILE instead of $FETCH_CONFIG or
+    /// $XDG_CONFIG_HOME/fetch/config (~/.config/fetch/config); FILE must exist.
+    #[arg(long, value_name = "FILE", help_heading = "Defaults")]
+    pub config: Option<PathBuf>,
+
+    /// Ignore the config file and every FETCH_* variable: only the command line counts.
+    #[arg(long, conflicts_with = "config", help_heading = "Defaults")]
+    pub no_config: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +192,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the manual page (roff): fetch manpage > ~/.local/share/man/man1/fetch.1
+    Manpage,
 }
 
 /// `--progress`: what each mode does is in the option's help.

@@ -117,7 +117,11 @@ fn fetch_with_fd_limit(dir: &std::path::Path, limit: u32, args: &[&str]) -> crat
     for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
         cmd.env_remove(var);
     }
-    cmd.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\"")).arg(bin).args(args);
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(bin)
+        .arg("--no-config")
+        .args(args);
     run(&mut cmd)
 }
 

@@ -127,7 +127,7 @@ fn a_terminal_on_stdin_is_a_usage_error() {
     let bin = assert_cmd::cargo::cargo_bin("fetch");
     // `script` gives the child a pseudo-terminal as stdin.
     let out = run(assert_cmd::Command::new("script")
-        .args(["-qec", &format!("{} ; echo exit=$?", bin.display()), "/dev/null"])
+        .args(["-qec", &format!("{} --no-config ; echo exit=$?", bin.display()), "/dev/null"])
         .current_dir(tmp.path())
         .timeout(Duration::from_secs(20)));
     assert!(out.stdout.contains("exit=2"), "{out:?}");

@@ -4,6 +4,7 @@
 mod concurrency;
 mod confine;
 mod core;
+mod defaults;
 mod host_output;
 mod hostile_output;
 mod hosts;
@@ -40,7 +41,21 @@ pub fn fetch(dir: &Path) -> assert_cmd::Command {
     for var in PROXY_VARS {
         cmd.env_remove(var);
     }
+    let (config_home, fetch_vars) = no_defaults();
+    cmd.env("XDG_CONFIG_HOME", config_home);
+    for var in fetch_vars {
+        cmd.env_remove(var);
+    }
     cmd
+}
+
+/// An empty XDG_CONFIG_HOME and the FETCH_* variables to remove, so that
+/// no test reads the developer's own defaults.
+fn no_defaults() -> (PathBuf, Vec<std::ffi::OsString>) {
+    let empty = Path::new(env!("CARGO_TARGET_TMPDIR")).join("empty-config-home");
+    std::fs::create_dir_all(&empty).unwrap();
+    let vars = std::env::vars_os().map(|(k, _)| k);
+    (empty, vars.filter(|k| k.to_string_lossy().starts_with("FETCH_")).collect())
 }
 
 /// The same for a child whose stdin the test feeds by hand.
@@ -48,6 +63,11 @@ pub fn fetch_std(dir: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("fetch"));
     cmd.current_dir(dir);
     for var in PROXY_VARS {
+        cmd.env_remove(var);
+    }
+    let (config_home, fetch_vars) = no_defaults();
+    cmd.env("XDG_CONFIG_HOME", config_home);
+    for var in fetch_vars {
         cmd.env_remove(var);
     }
     cmd

@@ -76,8 +76,7 @@ fn a_process_substitution_manifest_with_progress_bars_loses_no_line() {
         let server = Server::start();
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "m.txt", &(small_files(&server, N).join("\n") + "\n"));
-        let script =
-            r#"exec "$0" --progress bar -j 8 <(while IFS= read -r l; do printf '%s\n' "$l"; done < m.txt)"#;
+        let script = r#"exec "$0" --no-config --progress bar -j 8 <(while IFS= read -r l; do printf '%s\n' "$l"; done < m.txt)"#;
         let mut bash = std::process::Command::new("bash");
         bash.args(["-c", script]).arg(assert_cmd::cargo::cargo_bin("fetch")).current_dir(tmp.path());
         let out = assert_cmd::Command::from_std(bash).timeout(Duration::from_secs(60)).output().unwrap();

@@ -101,7 +101,7 @@ fn forced_bars_draw_when_stderr_is_not_a_terminal() {
 fn on_a_terminal(dir: &std::path::Path, env: &str) -> String {
     let bin = assert_cmd::cargo::cargo_bin("fetch");
     let out = run(assert_cmd::Command::new("script")
-        .args(["-qec", &format!("env {env} {} m.txt", bin.display()), "/dev/null"])
+        .args(["-qec", &format!("env {env} {} --no-config m.txt", bin.display()), "/dev/null"])
         .current_dir(dir)
         .timeout(Duration::from_secs(30)));
     assert_eq!(out.code, Some(0), "{out:?}");
