@@ -7,6 +7,7 @@ mod core;
 mod host_output;
 mod hostile_output;
 mod hosts;
+mod limits;
 mod manifest;
 mod network;
 mod output;
