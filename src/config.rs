@@ -29,6 +29,12 @@ pub struct Config {
     /// `--host-timeout`, `--max-rate`.
     pub host_timeout: Duration,
     pub max_rate: Option<f64>,
+    /// `--limit-rate`, bytes per second for the whole run.
+    pub limit_rate: Option<u64>,
+    /// `--speed-limit` and `--speed-time`.
+    pub speed_floor: Option<SpeedFloor>,
+    /// `--max-filesize`, bytes.
+    pub max_filesize: Option<u64>,
     pub resume: bool,
     /// Files get the server's Last-Modified as their mtime.
     pub remote_time: bool,
@@ -51,6 +57,15 @@ pub struct Config {
 pub struct SplitPolicy {
     pub min_size: u64,
     pub connections: usize,
+}
+
+/// `--speed-limit RATE --speed-time TIME`: an attempt whose body brings
+/// less than `rate` bytes per second for `time` fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpeedFloor {
+    /// Bytes per second, at least 1.
+    pub rate: u64,
+    pub time: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -113,6 +128,12 @@ pub enum ConfigError {
     RetryDelays(Duration, Duration),
     #[error("standard input ('-') is given as a manifest more than once")]
     StdinTwice,
+    #[error("--limit-rate 0: nothing could ever be downloaded")]
+    ZeroRate,
+    #[error(
+        "--speed-limit ({0} bytes/s) is not below --limit-rate ({1} bytes/s): every transfer would be failed as too slow"
+    )]
+    FloorOverRate(u64, u64),
 }
 
 impl Config {
@@ -154,6 +175,7 @@ impl Config {
             tree.protecting(&protected)
         };
         let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
+        let (limit_rate, speed_floor) = body_rates(&cli)?;
         Ok(Config {
             sources,
             tree,
@@ -171,6 +193,9 @@ impl Config {
             },
             host_timeout: cli.host_timeout.0,
             max_rate: cli.max_rate,
+            limit_rate,
+            speed_floor,
+            max_filesize: cli.max_filesize.map(|size| size.0),
             resume: !cli.no_resume,
             remote_time: !cli.no_remote_time,
             connect_timeout: cli.connect_timeout.0,
@@ -185,6 +210,31 @@ impl Config {
             shard: cli.shard,
         })
     }
+}
+
+/// `--limit-rate`, and the floor of `--speed-limit`/`--speed-time`: as
+/// curl's `-Y`/`-y`, a speed time alone means a floor of 1 byte/s, 30 s by
+/// default, and a speed limit of 0 is none. A floor at or over the rate
+/// limit would fail every transfer that waits for the throttle, and is
+/// refused (the floor also leaves out time spent waiting for it).
+fn body_rates(cli: &Cli) -> Result<(Option<u64>, Option<SpeedFloor>), ConfigError> {
+    let limit_rate = cli.limit_rate.map(|rate| rate.0);
+    if limit_rate == Some(0) {
+        return Err(ConfigError::ZeroRate);
+    }
+    let rate = match (cli.speed_limit, cli.speed_time) {
+        (Some(limit), _) => limit.0,
+        (None, Some(_)) => 1,
+        (None, None) => 0,
+    };
+    let time = cli.speed_time.map_or(Duration::from_secs(30), |t| t.0);
+    let floor = (rate > 0).then_some(SpeedFloor { rate, time });
+    if let (Some(floor), Some(limit)) = (floor, limit_rate)
+        && floor.rate >= limit
+    {
+        return Err(ConfigError::FloorOverRate(floor.rate, limit));
+    }
+    Ok((limit_rate, floor))
 }
 
 /// Decide `--progress auto`: bars for a person at a terminal, plain lines

@@ -43,6 +43,12 @@ pub enum AttemptError {
     SizeMismatch { server: u64, manifest: u64 },
     #[error("size mismatch: the server sent more than the {manifest} bytes the manifest says")]
     OverManifestSize { manifest: u64 },
+    #[error(
+        "too slow: {bytes} bytes in {time:?}, below --speed-limit {limit} bytes/s for --speed-time {time:?}"
+    )]
+    TooSlow { bytes: u64, time: Duration, limit: u64 },
+    #[error("{}", too_large(*size, *limit, *known))]
+    TooLarge { size: u64, limit: u64, known: bool },
     #[error("cannot write the partial file: {0}")]
     Disk(std::io::Error),
     #[error(transparent)]
@@ -64,6 +70,18 @@ impl AttemptError {
             AttemptError::Status { status, .. } => Some(status.as_u16()),
             _ => None,
         }
+    }
+}
+
+/// `--max-filesize`'s refusal: of a length announced (`known`), or of a
+/// body that passed the limit without one.
+fn too_large(size: u64, limit: u64, known: bool) -> String {
+    if known {
+        format!("the file is {size} bytes, over --max-filesize {limit} bytes")
+    } else {
+        format!(
+            "the file is over --max-filesize {limit} bytes (no length announced; stopped at {size} bytes)"
+        )
     }
 }
 

@@ -10,6 +10,7 @@
 //! and puts them in place in batches, and outcomes are handled one at a time
 //! as they finish.
 
+pub mod body;
 pub mod cli;
 pub mod commit;
 pub mod config;
@@ -33,6 +34,7 @@ pub mod segments;
 pub mod shard;
 pub mod shutdown;
 pub mod sys;
+pub mod throttle;
 pub mod traffic;
 pub mod transfer;
 
@@ -42,6 +44,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::body::BodyLimits;
 use crate::commit::Committer;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -52,6 +55,7 @@ use crate::pool::{Keyed, Limits};
 use crate::progress::Reporter;
 use crate::report::{Report, Summary};
 use crate::shutdown::Shutdown;
+use crate::throttle::Throttle;
 
 /// A failure of the run as a whole (exit status 2), as opposed to an entry.
 #[derive(Debug, thiserror::Error)]
@@ -181,9 +185,17 @@ fn context(
     if let Some(root) = config.tree.root() {
         committer.watch(root);
     }
+    if let Some(rate) = config.limit_rate {
+        reporter.rate_limited(rate);
+    }
     let net = Arc::new(Net {
         clients,
         limits,
+        body: BodyLimits {
+            throttle: config.limit_rate.map(Throttle::new),
+            floor: config.speed_floor,
+            max_filesize: config.max_filesize,
+        },
         retry: config.retry,
         split: config.split,
         reporter: reporter.clone(),

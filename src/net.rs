@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::body::BodyLimits;
 use crate::config::{Config, SplitPolicy};
 use crate::error::AttemptError;
 use crate::hosts::{State, Trouble};
@@ -24,6 +25,8 @@ use crate::shutdown::Shutdown;
 pub struct Net {
     pub clients: Clients,
     pub limits: Limits,
+    /// `--limit-rate`, `--speed-limit`, `--max-filesize`.
+    pub body: BodyLimits,
     pub retry: RetryPolicy,
     /// `None` when `--max-connections-per-file 1` turns splitting off.
     pub split: Option<SplitPolicy>,

@@ -100,6 +100,11 @@ pub fn classify_attempt(error: &AttemptError) -> Class {
         AttemptError::Truncated { .. } | AttemptError::BadRange(_) | AttemptError::Overlong { .. } => {
             Class::Transient
         }
+        // A server that trickles may do better on a new connection, and
+        // the attempt resumes where it stopped.
+        AttemptError::TooSlow { .. } => Class::Transient,
+        // --max-filesize: the same file is as large next time.
+        AttemptError::TooLarge { .. } => Class::Permanent,
         // The resolver said the name does not exist.
         AttemptError::HostNotFound(_) => Class::Permanent,
         AttemptError::TooManyRedirects(_) | AttemptError::BadRedirect(_) => Class::Permanent,
@@ -298,6 +303,8 @@ mod tests {
             (AttemptError::BadRedirect("ftp:".into()), Class::Permanent),
             (AttemptError::SizeMismatch { server: 1, manifest: 2 }, Class::Permanent),
             (AttemptError::OverManifestSize { manifest: 2 }, Class::Permanent),
+            (AttemptError::TooSlow { bytes: 9, time: Duration::from_secs(2), limit: 1024 }, Class::Transient),
+            (AttemptError::TooLarge { size: 3, limit: 2, known: false }, Class::Permanent),
             (AttemptError::Disk(io(io::ErrorKind::StorageFull)), Class::Permanent),
             (AttemptError::Disk(emfile()), Class::OutOfDescriptors),
             (AttemptError::Cancelled, Class::Cancelled),

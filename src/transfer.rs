@@ -29,6 +29,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Response, StatusCode, Url};
 use sha2::{Digest, Sha256};
 
+use crate::body::Body;
 use crate::config::SplitPolicy;
 use crate::error::{AttemptError, LookupFailure, lookup_failure};
 use crate::fsx::{Meta, Partial};
@@ -147,6 +148,7 @@ pub async fn attempt(
     shutdown: &Shutdown,
 ) -> Result<Attempted, AttemptError> {
     let disk = AttemptError::Disk;
+    target.net.body.check_size(target.size)?;
     let ranged = state.offset > 0;
     // Where a 206's body ends by its Content-Range.
     let mut range_end = None;
@@ -210,7 +212,8 @@ pub async fn attempt(
     }
     state.pieces += 1;
     let limit = Limit { manifest: target.size, server: min_some(range_end, state.total) };
-    stream_body(response, state, partial, progress, shutdown, limit).await.map(|()| Attempted::Complete)
+    let body = Body::new(response, &target.net.body, shutdown, state.offset);
+    stream_body(body, state, partial, progress, limit).await.map(|()| Attempted::Complete)
 }
 
 /// Ask for bytes `start..=end` of the version of the file that `if_range`
@@ -226,6 +229,7 @@ pub async fn fetch_range(
     etag: Option<&str>,
     total: u64,
 ) -> Result<Response, AttemptError> {
+    target.net.body.check_size(Some(total))?;
     let request = RangeRequest { start, end: Some(end), if_range: Some(if_range) };
     let response = send(target, Some(request)).await?;
     let status = response.status();
@@ -285,20 +289,15 @@ fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 }
 
 async fn stream_body(
-    mut response: Response,
+    mut body: Body<'_>,
     state: &mut State,
     partial: &mut Partial,
     progress: &TransferProgress,
-    shutdown: &Shutdown,
     limit: Limit,
 ) -> Result<(), AttemptError> {
     progress.begin(state.offset, state.total);
     loop {
-        let chunk = tokio::select! {
-            chunk = response.chunk() => chunk.map_err(AttemptError::Http)?,
-            () = shutdown.cancelled() => return Err(AttemptError::Cancelled),
-        };
-        let Some(chunk) = chunk else { break };
+        let Some(chunk) = body.chunk().await? else { break };
         let got = state.offset + chunk.len() as u64;
         // Nothing past a promised end is written: the attempt fails on the
         // first chunk that crosses it.
@@ -325,6 +324,7 @@ async fn stream_body(
 }
 
 fn check_size(target: &Target<'_>, total: Option<u64>) -> Result<(), AttemptError> {
+    target.net.body.check_size(total)?;
     match (target.size, total) {
         (Some(manifest), Some(server)) if manifest != server => {
             Err(AttemptError::SizeMismatch { server, manifest })

@@ -87,6 +87,26 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=64), help_heading = "Concurrency")]
     pub max_connections_per_file: u32,
 
+    /// Read bodies at most this fast, in bytes per second for the whole run, shared fairly by
+    /// all transfers: 500K, 10M. Headers are not counted.
+    #[arg(long, value_name = "RATE", help_heading = "Limits")]
+    pub limit_rate: Option<ByteSize>,
+
+    /// Fail (and retry, resuming) an attempt whose body arrives slower than this many bytes per
+    /// second for --speed-time: 1K, 100K. 0 turns it off.
+    #[arg(long, value_name = "RATE", help_heading = "Limits")]
+    pub speed_limit: Option<ByteSize>,
+
+    /// How long an attempt may stay below --speed-limit [default: 30s; alone, it means
+    /// --speed-limit 1].
+    #[arg(long, value_name = "DURATION", value_parser = timeout, help_heading = "Limits")]
+    pub speed_time: Option<HumanDuration>,
+
+    /// Refuse files larger than SIZE: before writing when the server or manifest gives the
+    /// length, else as soon as the body passes it. Such an entry fails, without retries.
+    #[arg(long, value_name = "SIZE", help_heading = "Limits")]
+    pub max_filesize: Option<ByteSize>,
+
     /// Retries after the first attempt of each download.
     #[arg(long, value_name = "N", default_value_t = 5, help_heading = "Retries")]
     pub retries: u32,

@@ -40,6 +40,8 @@ pub(super) struct Counters {
     /// Bytes the transfers under way have still to receive, of those whose
     /// length is known (kept with bars only, for the ETA).
     pub(super) outstanding: AtomicU64,
+    /// `--limit-rate` in bytes per second; 0 for none.
+    pub(super) limit: AtomicU64,
 }
 
 impl Counters {
@@ -142,6 +144,7 @@ impl Bars {
                     outstanding: counters.outstanding.load(Ordering::Relaxed),
                     rate,
                 }),
+                limit: Some(counters.limit.load(Ordering::Relaxed)).filter(|&l| l > 0),
             };
             let (before, after) = overall_text(&overall, self.width(), known);
             self.overall.set_position(done);

@@ -27,13 +27,15 @@ pub(super) struct Overall {
     /// Bytes per second.
     pub(super) rate: f64,
     pub(super) eta: Option<Duration>,
+    /// `--limit-rate`, bytes per second.
+    pub(super) limit: Option<u64>,
 }
 
 /// The overall bar's text, `(before the bar, after it)`, within `width`
 /// columns and leaving [`MIN_BAR`] for the bar (when the total is known
 /// and a bar is drawn; else a spinner). The figures a user needs most are
-/// kept as the width shrinks: files, then the ETA, bytes, failures, rate
-/// and elapsed time.
+/// kept as the width shrinks: files, then the ETA, bytes, failures, rate,
+/// the rate limit and elapsed time.
 pub(super) fn overall_text(o: &Overall, width: usize, bar: bool) -> (String, String) {
     let files = match o.total {
         Some(total) if bar => format!("{}/{total} files", o.done),
@@ -44,6 +46,7 @@ pub(super) fn overall_text(o: &Overall, width: usize, bar: bool) -> (String, Str
         Some(format!(" {}", human_bytes(o.bytes))),
         (o.failed > 0).then(|| format!(" {} failed", o.failed)),
         Some(format!(" {}/s", human_bytes(o.rate as u64))),
+        o.limit.map(|limit| format!(" (limited to {}/s)", human_bytes(limit))),
     ];
     let elapsed = {
         let s = o.elapsed.as_secs();
@@ -52,7 +55,7 @@ pub(super) fn overall_text(o: &Overall, width: usize, bar: bool) -> (String, Str
     // "[" and "] " around a bar; a spinner and a space.
     let room = width.saturating_sub(if bar { MIN_BAR + 3 } else { 2 });
     let mut used = files.len();
-    let mut keep = [false; 4];
+    let mut keep = [false; 5];
     for (i, part) in optional.iter().enumerate() {
         if let Some(part) = part
             && used + part.len() <= room
@@ -62,9 +65,9 @@ pub(super) fn overall_text(o: &Overall, width: usize, bar: bool) -> (String, Str
         }
     }
     let before = if used + elapsed.len() <= room { elapsed } else { String::new() };
-    // Shown in reading order: files, bytes, rate, failures, ETA.
+    // Shown in reading order: files, bytes, rate, its limit, failures, ETA.
     let mut after = files;
-    for i in [1, 3, 2, 0] {
+    for i in [1, 3, 4, 2, 0] {
         if keep[i] {
             after.push_str(optional[i].as_deref().unwrap_or_default());
         }
@@ -247,6 +250,7 @@ mod tests {
             bytes: 1023 << 30,
             rate: 1023.0 * (1 << 20) as f64,
             eta: Some(Duration::from_secs(59 * 60)),
+            limit: None,
         };
         for width in 30..=160u16 {
             for known in [true, false] {
@@ -266,6 +270,15 @@ mod tests {
         let (before, after) = overall_text(&busy, 120, true);
         assert_eq!(before, "03:00:00 ");
         assert_eq!(after, "1999999/2000000 files 1023.0 GiB 1023.0 MiB/s 123456 failed ETA 59m00s");
+        let limited = Overall { limit: Some(1 << 30), ..busy };
+        let (_, after) = overall_text(&limited, 120, true);
+        assert_eq!(
+            after,
+            "1999999/2000000 files 1023.0 GiB 1023.0 MiB/s (limited to 1.0 GiB/s) 123456 failed ETA 59m00s"
+        );
+        // The limit is the first to go as the width shrinks.
+        let (_, after) = overall_text(&limited, 100, true);
+        assert!(!after.contains("limited") && after.contains("MiB/s"), "{after}");
     }
 
     #[test]

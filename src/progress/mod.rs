@@ -94,6 +94,18 @@ impl Reporter {
         self.counters.total_files.store(total, Ordering::Relaxed);
     }
 
+    /// The run reads bodies at most `rate` bytes per second
+    /// (`--limit-rate`): shown beside the rate on the bars, and said with `-v`.
+    pub fn rate_limited(&self, rate: u64) {
+        self.counters.limit.store(rate, Ordering::Relaxed);
+        if self.verbosity >= Verbosity::Verbose {
+            self.line(format_args!(
+                "limit       bodies limited to {}/s for the whole run",
+                human_bytes(rate)
+            ));
+        }
+    }
+
     /// A handle for the byte counts of one transfer from `host`
     /// (`host:port`).
     pub fn transfer(&self, dest: &Path, host: &str) -> TransferProgress {

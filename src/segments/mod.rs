@@ -44,6 +44,7 @@ use crate::fsx::{Meta, Partial};
 use crate::net::Net;
 use crate::pool::Slot;
 use crate::progress::TransferProgress;
+use crate::throttle::Throttle;
 use crate::transfer::Target;
 
 mod table;
@@ -281,6 +282,12 @@ impl Workers {
         loop {
             tokio::select! {
                 _ = judging.tick(), if !split && failure.is_none() => {
+                    // Slow because of --limit-rate: more connections
+                    // would not help.
+                    if self.shared.net.body.throttle.as_ref().is_some_and(Throttle::saturated) {
+                        slow = 0;
+                        continue;
+                    }
                     let (host_bytes, transfers) = self.shared.progress.host_traffic();
                     let pace = Pace {
                         elapsed: started.elapsed(),

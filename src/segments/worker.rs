@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use reqwest::Response;
 
 use super::{MAX_WINDOW, MIN_PIECE, Shared, WINDOW_TIME};
+use crate::body::Body;
 use crate::error::AttemptError;
 use crate::fsx::{DIRECT_WRITE, WRITE_BUFFER, WRITEBACK_EVERY};
 use crate::net::{Failure, Stop};
@@ -133,7 +134,7 @@ fn next_window(bytes: u64, took: Duration) -> u64 {
 async fn stream(
     shared: &Shared,
     i: usize,
-    mut response: Response,
+    response: Response,
     range: Range<u64>,
     buffer: &mut Vec<u8>,
 ) -> Result<(), AttemptError> {
@@ -144,13 +145,10 @@ async fn stream(
         .get(reqwest::header::CONTENT_RANGE)
         .and_then(|v| transfer::parse_content_range(v.to_str().ok()?))
         .map(|(start, end, _)| end + 1 - start);
+    let mut reader = Body::new(response, &shared.net.body, &shared.net.shutdown, range.start);
     let mut body = 0u64;
     loop {
-        let chunk = tokio::select! {
-            chunk = response.chunk() => chunk.map_err(AttemptError::Http)?,
-            () = shared.net.shutdown.cancelled() => return Err(AttemptError::Cancelled),
-        };
-        let Some(chunk) = chunk else { break };
+        let Some(chunk) = reader.chunk().await? else { break };
         shared.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         body += chunk.len() as u64;
         if let Some(expected) = span.filter(|&span| body > span) {

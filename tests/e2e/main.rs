@@ -8,6 +8,7 @@ mod defaults;
 mod host_output;
 mod hostile_output;
 mod hosts;
+mod limits;
 mod manifest;
 mod network;
 mod output;

@@ -128,6 +128,8 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     body_bytes: AtomicUsize,
+    /// When each body frame was sent, and its length.
+    sent_at: Mutex<Vec<(std::time::Instant, usize)>>,
     /// Connections accepted, TLS handshakes included.
     connections: AtomicUsize,
     /// Random faults for every route: (percent cut, percent 503, rng state).
@@ -171,7 +173,14 @@ impl Server {
     }
 
     pub fn start_on(ip: IpAddr) -> Server {
-        Server::start_with(ip, None)
+        Server::start_with(ip, None, None)
+    }
+
+    /// A server whose sockets send from a buffer of about `bytes` (the
+    /// kernel doubles it), not one that grows to megabytes: what it has
+    /// sent is then close to what the client has read.
+    pub fn start_with_send_buffer(bytes: u32) -> Server {
+        Server::start_with("127.0.0.1".parse().unwrap(), None, Some(bytes))
     }
 
     /// An HTTPS server with the self-signed certificate in `tls/`.
@@ -194,12 +203,12 @@ impl Server {
             .with_single_cert(certs, key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let mut server = Server::start_with("127.0.0.1".parse().unwrap(), Some(acceptor));
+        let mut server = Server::start_with("127.0.0.1".parse().unwrap(), Some(acceptor), None);
         server.scheme = "https";
         server
     }
 
-    fn start_with(ip: IpAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Server {
+    fn start_with(ip: IpAddr, tls: Option<tokio_rustls::TlsAcceptor>, send_buffer: Option<u32>) -> Server {
         let shared = Arc::new(Shared::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -208,7 +217,14 @@ impl Server {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let mut listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_reuseaddr(true).unwrap();
+                // Accepted sockets inherit it.
+                if let Some(bytes) = send_buffer {
+                    socket.set_send_buffer_size(bytes).unwrap();
+                }
+                socket.bind((ip, 0).into()).unwrap();
+                let mut listener = socket.listen(1024).unwrap();
                 let addr = listener.local_addr().unwrap();
                 addr_tx.send(addr).unwrap();
                 let accept = async {
@@ -298,6 +314,12 @@ impl Server {
     /// Connections accepted, whether or not a request came on them.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// When each body frame of every response was handed to the
+    /// connection, and its length, in order.
+    pub fn sent_at(&self) -> Vec<(std::time::Instant, usize)> {
+        self.shared.sent_at.lock().unwrap().clone()
     }
 
     /// Body bytes the server has sent, over all requests.
@@ -631,6 +653,7 @@ impl Body for FaultBody {
         let frame = this.data.slice(this.pos..end);
         if let Some((state, _)) = &this.counted {
             state.body_bytes.fetch_add(frame.len(), Ordering::SeqCst);
+            state.sent_at.lock().unwrap().push((std::time::Instant::now(), frame.len()));
             this.sent.fetch_add(frame.len(), Ordering::SeqCst);
         }
         this.pos = end;
