@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod commit;
 pub mod config;
+pub mod credentials;
 pub mod dest;
 pub mod dispatch;
 pub mod download;
@@ -21,6 +22,7 @@ pub mod fsx;
 pub mod hosts;
 pub mod manifest;
 pub mod net;
+pub mod netrc;
 pub mod plan;
 pub mod pool;
 pub mod progress;
@@ -31,6 +33,7 @@ pub mod segments;
 pub mod shard;
 pub mod shutdown;
 pub mod sys;
+pub mod tls;
 pub mod traffic;
 pub mod transfer;
 
@@ -181,6 +184,7 @@ fn context(
     }
     let net = Arc::new(Net {
         clients,
+        credentials: config.credentials,
         limits,
         retry: config.retry,
         split: config.split,

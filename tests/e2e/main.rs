@@ -4,6 +4,7 @@
 mod concurrency;
 mod confine;
 mod core;
+mod credentials;
 mod host_output;
 mod hostile_output;
 mod hosts;
