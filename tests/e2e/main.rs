@@ -14,6 +14,7 @@ mod output;
 mod resilience;
 mod server;
 mod split;
+mod tls;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
