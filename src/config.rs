@@ -11,10 +11,12 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::cli::{Cli, HeaderArg, HeaderLine, ProgressMode};
+use crate::credentials::{self, Credentials, HostPattern, NetrcError};
 use crate::dest::{DestTree, create_dirs};
 use crate::manifest::Source;
 use crate::retry::RetryPolicy;
 use crate::shard::Shard;
+use crate::tls::{Tls, TlsError, TlsFiles};
 
 #[derive(Debug)]
 pub struct Config {
@@ -44,6 +46,12 @@ pub struct Config {
     pub headers: HeaderMap,
     pub user_agent: String,
     pub insecure: bool,
+    /// `--cacert`, `--cert`, `--key`: read and checked.
+    pub tls: Tls,
+    /// `-4`/`-6`: the unspecified address of that family, to bind to.
+    pub local_address: Option<std::net::IpAddr>,
+    /// `--netrc`, `--header-for`.
+    pub credentials: Credentials,
     pub verbosity: Verbosity,
     pub display: Display,
     pub report: Option<PathBuf>,
@@ -134,12 +142,20 @@ pub enum ConfigError {
         "--speed-limit ({0} bytes/s) is not below --limit-rate ({1} bytes/s): every transfer would be failed as too slow"
     )]
     FloorOverRate(u64, u64),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Netrc(#[from] NetrcError),
+    #[error("--header-for #{number}: {reason}")]
+    HostHeader { number: usize, reason: String },
 }
 
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
         let sources = open_sources(&cli.manifests)?;
         let headers = read_headers(&cli.headers)?;
+        let credentials = read_credentials(&cli)?;
+        let tls = crate::tls::load(&TlsFiles::of(&cli))?;
         if cli.retry_delay.0 > cli.retry_max_delay.0 {
             return Err(ConfigError::RetryDelays(cli.retry_delay.0, cli.retry_max_delay.0));
         }
@@ -203,6 +219,9 @@ impl Config {
             headers,
             user_agent: cli.user_agent,
             insecure: cli.insecure,
+            tls,
+            local_address: local_address(cli.ipv4, cli.ipv6),
+            credentials,
             verbosity,
             display: display(cli.progress, verbosity),
             report: cli.report,
@@ -281,6 +300,41 @@ fn open_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigError> {
             })
         })
         .collect()
+}
+
+/// `-4`/`-6`: the unspecified address of that family. Bound to it, hyper
+/// connects only to that family's addresses of a host.
+fn local_address(ipv4: bool, ipv6: bool) -> Option<std::net::IpAddr> {
+    match (ipv4, ipv6) {
+        (true, _) => Some(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        (_, true) => Some(std::net::Ipv6Addr::UNSPECIFIED.into()),
+        _ => None,
+    }
+}
+
+/// `--netrc`/`--netrc-file` and `--header-for`. A `--header-for` header
+/// is read as a `-H` one (`@FILE` too); its errors are numbered by the
+/// `--header-for` they are in.
+fn read_credentials(cli: &Cli) -> Result<Credentials, ConfigError> {
+    let netrc = match (&cli.netrc_file, cli.netrc) {
+        (Some(path), _) => Some(credentials::read_netrc(path)?),
+        (None, true) => Some(credentials::read_netrc(&credentials::default_netrc()?)?),
+        (None, false) => None,
+    };
+    let mut headers = Vec::new();
+    for (i, pair) in cli.host_headers.chunks(2).enumerate() {
+        let number = i + 1;
+        let [host, header] = pair else { unreachable!("clap takes two values") };
+        let host = host.to_str().ok_or_else(|| "HOST is not valid UTF-8".to_owned());
+        let host =
+            host.and_then(HostPattern::parse).map_err(|reason| ConfigError::HostHeader { number, reason })?;
+        let map = read_headers(std::slice::from_ref(header)).map_err(|e| match e {
+            ConfigError::Header { reason, .. } => ConfigError::HostHeader { number, reason },
+            other => other,
+        })?;
+        headers.push((host, map));
+    }
+    Ok(Credentials::new(netrc, headers))
 }
 
 /// At most this many `-H` headers in all, files included. Beyond it,

@@ -256,7 +256,7 @@ fn describe(error: &reqwest::Error) -> String {
     format!("{kind}: {root}")
 }
 
-const TRUST_HINT: &str = "use --insecure to skip verification, or SSL_CERT_FILE to trust its CA";
+const TRUST_HINT: &str = "use --insecure to skip verification, or --cacert FILE to trust its CA";
 
 /// A certificate error in words, with what to do about it. rustls prints
 /// certificate errors as Rust debug text (`UnknownIssuer`,

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod defaults;
+pub mod credentials;
 pub mod dest;
 pub mod dispatch;
 pub mod download;
@@ -24,6 +25,7 @@ pub mod hosts;
 pub mod manifest;
 pub mod manpage;
 pub mod net;
+pub mod netrc;
 pub mod plan;
 pub mod pool;
 pub mod progress;
@@ -35,6 +37,7 @@ pub mod shard;
 pub mod shutdown;
 pub mod sys;
 pub mod throttle;
+pub mod tls;
 pub mod traffic;
 pub mod transfer;
 
@@ -190,6 +193,7 @@ fn context(
     }
     let net = Arc::new(Net {
         clients,
+        credentials: config.credentials,
         limits,
         body: BodyLimits {
             throttle: config.limit_rate.map(Throttle::new),

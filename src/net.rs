@@ -13,17 +13,21 @@ use std::time::{Duration, Instant};
 
 use crate::body::BodyLimits;
 use crate::config::{Config, SplitPolicy};
+use crate::credentials::Credentials;
 use crate::error::AttemptError;
 use crate::hosts::{State, Trouble};
 use crate::pool::{Gate, Limits, Slot};
 use crate::progress::{HostStatus, Reporter};
 use crate::retry::{Budget, Class, RetryPolicy};
 use crate::shutdown::Shutdown;
+use crate::tls::{Roots, Tls};
 
 /// What every transfer of a run shares.
 #[derive(Debug)]
 pub struct Net {
     pub clients: Clients,
+    /// What each hop of a request carries for its host.
+    pub credentials: Credentials,
     pub limits: Limits,
     /// `--limit-rate`, `--speed-limit`, `--max-filesize`.
     pub body: BodyLimits,
@@ -168,6 +172,8 @@ struct Settings {
     connect_timeout: std::time::Duration,
     read_timeout: std::time::Duration,
     insecure: bool,
+    tls: Tls,
+    local_address: Option<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -177,6 +183,21 @@ impl Settings {
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .local_address(self.local_address)
+    }
+
+    /// The `https` client's builder: [`Settings::builder`] and the TLS files.
+    fn tls_builder(&self) -> reqwest::ClientBuilder {
+        let builder = self.builder().tls_danger_accept_invalid_certs(self.insecure);
+        let builder = match &self.tls.roots {
+            Roots::Platform => builder,
+            Roots::Only(certs) => builder.tls_certs_only(certs.iter().cloned()),
+            Roots::Added(certs) => builder.tls_certs_merge(certs.iter().cloned()),
+        };
+        match &self.tls.identity {
+            Some(identity) => builder.identity(identity.clone()),
+            None => builder,
+        }
     }
 }
 
@@ -190,6 +211,8 @@ impl Clients {
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             insecure: config.insecure,
+            tls: config.tls.clone(),
+            local_address: config.local_address,
         };
         // No roots: this client is never asked to verify a certificate.
         let plain = settings.builder().tls_certs_only(Vec::new()).build()?;
@@ -205,8 +228,7 @@ impl Clients {
             return Ok(client);
         }
         // Two first uses at once may both build; one client is kept.
-        let built =
-            self.settings.builder().tls_danger_accept_invalid_certs(self.settings.insecure).build()?;
+        let built = self.settings.tls_builder().build()?;
         Ok(self.tls.get_or_init(|| built))
     }
 }

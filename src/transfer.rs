@@ -21,7 +21,8 @@
 //!
 //! Redirects are followed here rather than by reqwest so that no header the
 //! user gave (`-H`, manifest `headers`: all treated as credentials) is sent to
-//! a different origin than the manifest URL's.
+//! a different origin than the manifest URL's, and each hop gets the
+//! `--netrc` and `--header-for` secrets of its own host.
 
 use std::time::SystemTime;
 
@@ -343,17 +344,18 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
         // reqwest would turn user:pass@ into a second Authorization header
         // beside one the user gave: credentials are added here, once.
         let (bare, userinfo) = split_userinfo(&url);
-        let mut request = client.get(bare);
-        let mut explicit = false;
-        if same_origin {
-            request = request.headers(target.headers.clone());
-            explicit = target.headers.contains_key(header::AUTHORIZATION);
-        }
+        let mut headers = if same_origin { target.headers.clone() } else { HeaderMap::new() };
         // The URL's own credentials, else the manifest URL's within its
-        // origin (as curl does); an Authorization header given by the user
-        // (`-H`, manifest `headers`) wins over both.
-        let credentials = userinfo.or_else(|| same_origin.then(|| split_userinfo(target.url).1).flatten());
-        if let Some((user, password)) = credentials.filter(|_| !explicit) {
+        // origin (as curl does); the hop's host's own secrets are added
+        // whatever the origin ([`crate::credentials`] has the precedence).
+        let userinfo = userinfo.or_else(|| same_origin.then(|| split_userinfo(target.url).1).flatten());
+        let own = target.net.credentials.hop(&url, &headers, userinfo);
+        for name in own.headers.keys() {
+            headers.remove(name);
+        }
+        headers.extend(own.headers);
+        let mut request = client.get(bare).headers(headers);
+        if let Some((user, password)) = own.basic {
             request = request.basic_auth(user, password);
         }
         if let Some(RangeRequest { start, end, if_range }) = range {

@@ -70,7 +70,8 @@ impl FromStr for HeaderLine {
 
 /// The `-H` values on a raw command line, for taking out of an error that
 /// the argument parser renders: `-H V`, `-HV`, `--header V`,
-/// `--header=V`, and `-qH V` or `-qHV` in a cluster of short flags.
+/// `--header=V`, `-qH V` or `-qHV` in a cluster of short flags, and the
+/// header of `--header-for HOST V` (or `--header-for=HOST V`).
 pub fn header_values(args: &[OsString]) -> Vec<String> {
     let mut values = Vec::new();
     let mut args = args.iter().map(|a| a.to_string_lossy());
@@ -82,6 +83,12 @@ pub fn header_values(args: &[OsString]) -> Vec<String> {
             match long.split_once('=') {
                 Some(("header", value)) => Some(value.to_owned()),
                 _ if long == "header" => None,
+                // HOST HEADER: the header is the second value.
+                Some(("header-for", _)) => None,
+                _ if long == "header-for" => {
+                    args.next();
+                    None
+                }
                 _ => continue,
             }
         } else if let Some(cluster) = arg.strip_prefix('-')
@@ -129,7 +136,9 @@ mod tests {
 
     #[test]
     fn header_values_on_a_command_line() {
-        let cases: [(&[&str], &[&str]); 7] = [
+        let cases: [(&[&str], &[&str]); 9] = [
+            (&["fetch", "--header-for", "h", "A: 1", "-H", "B: 2"], &["A: 1", "B: 2"]),
+            (&["fetch", "--header-for=h", "A: 1", "m.txt"], &["A: 1"]),
             (&["fetch", "-H", "A: 1", "m.txt"], &["A: 1"]),
             (&["fetch", "-HA: 1"], &["A: 1"]),
             (&["fetch", "--header", "A: 1", "--header=B: 2"], &["A: 1", "B: 2"]),

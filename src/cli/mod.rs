@@ -171,6 +171,48 @@ pub struct Cli {
     #[arg(long, help_heading = "Network")]
     pub insecure: bool,
 
+    /// Trust only the certificate authorities in FILE (a PEM bundle), not the system's, as
+    /// curl's --cacert does.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub cacert: Option<PathBuf>,
+
+    /// Trust the certificate authorities in FILE (a PEM bundle) as well as the system's.
+    #[arg(long, value_name = "FILE", conflicts_with = "cacert", help_heading = "TLS")]
+    pub cacert_add: Option<PathBuf>,
+
+    /// Client certificate (PEM) for servers that ask for one (mTLS); its key may follow it in
+    /// the same file.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM, not encrypted).
+    #[arg(long, value_name = "FILE", requires = "cert", help_heading = "TLS")]
+    pub key: Option<PathBuf>,
+
+    /// Connect over IPv4 only.
+    #[arg(short = '4', long, conflicts_with = "ipv6", help_heading = "Network")]
+    pub ipv4: bool,
+
+    /// Connect over IPv6 only.
+    #[arg(short = '6', long, help_heading = "Network")]
+    pub ipv6: bool,
+
+    /// Send each host the login and password that ~/.netrc ($NETRC if set) gives for it.
+    #[arg(long, help_heading = "Credentials")]
+    pub netrc: bool,
+
+    /// The same with this netrc file.
+    #[arg(long, value_name = "FILE", conflicts_with = "netrc", help_heading = "Credentials")]
+    pub netrc_file: Option<PathBuf>,
+
+    /// Add a header to the requests to HOST (a host name, or host:port), and to no other host,
+    /// redirects included: 'Name: Value', or @FILE for one header per line.
+    // Raw, as -H: validated in config, never quoted by clap.
+    #[arg(long = "header-for", num_args = 2, value_names = ["HOST", "HEADER"],
+          action = ArgAction::Append, value_parser = clap::value_parser!(OsString),
+          allow_hyphen_values = true, help_heading = "Credentials")]
+    pub host_headers: Vec<OsString>,
+
     /// Print only failures and the summary.
     #[arg(short = 'q', long, conflicts_with = "verbose", help_heading = "Output")]
     pub quiet: bool,

@@ -5,6 +5,7 @@ mod concurrency;
 mod confine;
 mod core;
 mod defaults;
+mod credentials;
 mod host_output;
 mod hostile_output;
 mod hosts;
@@ -15,6 +16,7 @@ mod output;
 mod resilience;
 mod server;
 mod split;
+mod tls;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -366,7 +366,7 @@ fn a_certificate_from_an_unknown_authority_is_explained_in_words() {
     assert!(
         stderr.contains(
             "f: cannot connect: the server's certificate is not signed by a trusted authority \
-             (unknown issuer); use --insecure to skip verification, or SSL_CERT_FILE to trust its CA"
+             (unknown issuer); use --insecure to skip verification, or --cacert FILE to trust its CA"
         ),
         "{stderr}"
     );

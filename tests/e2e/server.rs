@@ -31,6 +31,8 @@ use tokio::time::Sleep;
 // The path spelled out: rustfmt looks for a plain `mod host;` beside this file.
 #[path = "server/host.rs"]
 pub mod host;
+#[path = "server/tls.rs"]
+pub mod tls;
 
 /// Deterministic pseudo-random content: same seed, same bytes.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
