@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod dest;
+pub mod digest;
 pub mod dispatch;
 pub mod download;
 pub mod error;
