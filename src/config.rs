@@ -6,6 +6,7 @@
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -15,6 +16,7 @@ use crate::dest::{DestTree, create_dirs};
 use crate::manifest::Source;
 use crate::retry::RetryPolicy;
 use crate::shard::Shard;
+use crate::sums::{Sums, SumsError};
 
 #[derive(Debug)]
 pub struct Config {
@@ -32,6 +34,10 @@ pub struct Config {
     pub resume: bool,
     /// Files get the server's Last-Modified as their mtime.
     pub remote_time: bool,
+    /// `--check`: compare destinations with the manifest, no request.
+    pub check: bool,
+    /// `--checksums` files, read.
+    pub sums: Arc<Sums>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// `-H` headers, every value marked sensitive.
@@ -113,17 +119,22 @@ pub enum ConfigError {
     RetryDelays(Duration, Duration),
     #[error("standard input ('-') is given as a manifest more than once")]
     StdinTwice,
+    #[error(transparent)]
+    Sums(#[from] SumsError),
 }
 
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
         let sources = open_sources(&cli.manifests)?;
         let headers = read_headers(&cli.headers)?;
+        let sums = Arc::new(Sums::read(&cli.checksums)?);
+        // --check reads and changes nothing: --dir is not made or tested.
+        let read_only = cli.dry_run;
         if cli.retry_delay.0 > cli.retry_max_delay.0 {
             return Err(ConfigError::RetryDelays(cli.retry_delay.0, cli.retry_max_delay.0));
         }
         let dir_error = |source| ConfigError::Dir { path: cli.dir.clone(), source };
-        let tree = if cli.dry_run && !cli.dir.exists() {
+        let tree = if read_only && !cli.dir.exists() {
             // A dry run changes nothing, not even by creating --dir.
             DestTree::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
         } else {
@@ -148,7 +159,7 @@ impl Config {
             let tree = DestTree::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
             // One message now, not one failure per entry. With -P the
             // manifest may not write to --dir at all.
-            if !cli.dry_run && !cli.absolute_paths {
+            if !read_only && !cli.absolute_paths {
                 tree.check_writable().map_err(dir_error)?;
             }
             tree.protecting(&protected)
@@ -173,6 +184,8 @@ impl Config {
             max_rate: cli.max_rate,
             resume: !cli.no_resume,
             remote_time: !cli.no_remote_time,
+            check: false,
+            sums,
             connect_timeout: cli.connect_timeout.0,
             read_timeout: cli.read_timeout.0,
             headers,

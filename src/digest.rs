@@ -122,10 +122,11 @@ impl Checksum {
         &self.bytes[..self.algorithm.bytes()]
     }
 
-    fn from_bytes(algorithm: Algorithm, digest: &[u8]) -> Checksum {
+    /// The digest `bytes` holds, if it is of `algorithm`'s length.
+    pub fn from_bytes(algorithm: Algorithm, digest: &[u8]) -> Option<Checksum> {
         let mut bytes = [0u8; MAX_LEN];
-        bytes[..digest.len()].copy_from_slice(digest);
-        Checksum { algorithm, bytes }
+        bytes.get_mut(..digest.len()).filter(|_| digest.len() == algorithm.bytes())?.copy_from_slice(digest);
+        Some(Checksum { algorithm, bytes })
     }
 }
 
@@ -214,12 +215,13 @@ impl Hasher {
 
     fn finish(self) -> Checksum {
         let algorithm = self.algorithm();
-        match self {
+        let checksum = match self {
             Hasher::Md5(h) => Checksum::from_bytes(algorithm, &h.finalize()),
             Hasher::Sha1(h) => Checksum::from_bytes(algorithm, &h.finalize()),
             Hasher::Sha256(h) => Checksum::from_bytes(algorithm, &h.finalize()),
             Hasher::Sha512(h) => Checksum::from_bytes(algorithm, &h.finalize()),
-        }
+        };
+        checksum.expect("a digest has its algorithm's length")
     }
 }
 

@@ -98,6 +98,13 @@ pub struct Cli {
     #[arg(long, help_heading = "Destinations")]
     pub no_remote_time: bool,
 
+    /// A checksum file: sha256sum, sha512sum, sha1sum or md5sum output (`HEX  NAME`) or BSD
+    /// tags (`SHA256 (NAME) = HEX`). Each NAME's digest applies to the entry whose path is
+    /// NAME (a leading ./ aside); names no entry has are passed over. Repeatable.
+    #[arg(long = "checksums", value_name = "FILE", action = ArgAction::Append,
+          help_heading = "Verification")]
+    pub checksums: Vec<PathBuf>,
+
     /// Fail the entries of a host that has not answered (or only asked for less: 429,
     /// 503) for this long. Until then they wait for it instead of spending their
     /// retries; long enough for a VPN to reconnect or a server to reboot.

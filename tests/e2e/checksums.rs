@@ -128,3 +128,114 @@ fn a_kept_part_file_changed_on_disk_fails_sha512_and_is_fetched_again_whole() {
     assert_eq!(requests[1].range(), Some((300_000, None)));
     assert_eq!(requests[2].range(), None);
 }
+
+/// Write each body under its name in `dir/src` and run `tool ARGS NAMES`
+/// there: a checksum file as the tool writes it.
+fn sums_by_tool(dir: &Path, tool: &str, args: &[&str], files: &[(&str, &[u8])]) -> String {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (name, body) in files {
+        std::fs::write(src.join(name), body).unwrap();
+    }
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .args(files.iter().map(|(name, _)| name))
+        .current_dir(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{tool}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn checksum_files_of_each_format_apply_to_the_entries_they_name() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // (tool and its options, the file names it is given)
+    let formats: [(&str, &[&str], &str); 4] = [
+        ("sha256sum", &[], "gnu"),
+        ("sha512sum", &["-b"], "binary"),
+        ("md5sum", &["--tag"], "bsd"),
+        ("sha1sum", &[], "back\\slash"),
+    ];
+    let mut manifest = String::new();
+    let mut args = vec!["--dir".to_owned(), "out".to_owned()];
+    for (i, (tool, options, name)) in formats.iter().enumerate() {
+        let good = server.file(&format!("/{i}/good"), i as u64, 5000);
+        let bad = content(100 + i as u64, 5000);
+        server.route(&format!("/{i}/bad"), Route::new(bad));
+        let good_name = format!("{name}-good");
+        // Listed as `./NAME`, and not what the server sends.
+        let bad_name = format!("./{name}-bad");
+        let text = sums_by_tool(tmp.path(), tool, options, &[(&good_name, &good), (&bad_name, &good)]);
+        if *tool == "sha1sum" {
+            assert!(text.lines().all(|line| line.starts_with('\\')), "the escaped form: {text}");
+        }
+        write(tmp.path(), &format!("SUMS{i}"), &text);
+        args.extend(["--checksums".to_owned(), format!("SUMS{i}")]);
+        manifest += &format!("{}  {name}-good\n", server.url(&format!("/{i}/good")));
+        manifest += &format!("{}  {name}-bad\n", server.url(&format!("/{i}/bad")));
+    }
+    // An entry no file lists is downloaded unverified.
+    server.file("/u", 9, 10);
+    manifest += &format!("{}  unlisted\n", server.url("/u"));
+    write(tmp.path(), "m.txt", &manifest);
+    let out = run(fetch(tmp.path()).args(&args).arg("m.txt"));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let mut want: Vec<String> = formats.iter().map(|(_, _, name)| format!("{name}-good")).collect();
+    want.push("unlisted".into());
+    want.sort();
+    assert_eq!(files(&tmp.path().join("out")), want, "{}", out.stderr);
+    for (i, (tool, _, name)) in formats.iter().enumerate() {
+        let algorithm = tool.trim_end_matches("sum");
+        let line = format!("{name}-bad: {algorithm} mismatch: SUMS{i}:2 says ");
+        assert!(out.stderr.contains(&line), "{line}\n{}", out.stderr);
+    }
+    assert!(out.stderr.contains("5 downloaded, 0 skipped, 4 failed"), "{}", out.stderr);
+}
+
+#[test]
+fn a_line_whose_own_digest_contradicts_the_checksum_file_is_invalid_and_makes_no_request() {
+    let server = Server::start();
+    let body = server.file("/f", 1, 100);
+    let tmp = tempfile::tempdir().unwrap();
+    let sha = sum_hex("sha256sum", &body);
+    write(tmp.path(), "SHA256SUMS", &format!("{sha}  f\n{sha}  g\n"));
+    let manifest = json(&server.url("/f"), "f", &[("sha256", wrong(&sha))])
+        + &json(&server.url("/f"), "g", &[("sha256", sha.clone()), ("md5", sum_hex("md5sum", &body))]);
+    write(tmp.path(), "m.txt", &manifest);
+    let out = run(fetch(tmp.path()).args(["--checksums", "SHA256SUMS", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let want = "m.txt:1: the line's sha256 contradicts SHA256SUMS:1, which gives another for \"f\"";
+    assert!(out.stderr.contains(want), "{}", out.stderr);
+    assert_eq!(files(tmp.path()), ["SHA256SUMS", "g", "m.txt"]);
+    assert_eq!(server.log().len(), 1, "only g is requested");
+}
+
+#[test]
+fn a_malformed_checksum_file_is_a_usage_error_naming_its_line() {
+    let server = Server::start();
+    let body = server.file("/f", 1, 100);
+    let tmp = tempfile::tempdir().unwrap();
+    let sha = sum_hex("sha256sum", &body);
+    let sha384 = "0".repeat(96);
+    for (text, want) in [
+        (format!("{sha}  f\n{sha384}  g\n"), "SUMS:2: a digest of 96 hex digits is none of"),
+        (format!("{sha}  f\n\nSHA3-256 (g) = {sha}\n"), "SUMS:3: unsupported algorithm \"SHA3-256\""),
+        (format!("{sha}  f\n{sha}  f\n{}  ./f\n", wrong(&sha)), "SUMS:3: \"f\" has another sha256 at SUMS:1"),
+    ] {
+        write(tmp.path(), "SUMS", &text);
+        write(tmp.path(), "m.txt", &format!("{}\n", server.url("/f")));
+        let out = run(fetch(tmp.path()).args(["--checksums", "SUMS", "m.txt"]));
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stderr.contains(want), "{want}\n{}", out.stderr);
+    }
+    let out = run(fetch(tmp.path()).args(["--checksums", "/dev/zero", "m.txt"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("/dev/zero:1: line is longer than 64 KiB"), "{}", out.stderr);
+    let out = run(fetch(tmp.path()).args(["--checksums", "missing", "m.txt"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("cannot read checksum file missing"), "{}", out.stderr);
+    assert!(server.log().is_empty());
+    assert_eq!(files(tmp.path()), ["SUMS", "m.txt"]);
+}
