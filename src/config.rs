@@ -6,6 +6,7 @@
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -17,6 +18,7 @@ use crate::manifest::Source;
 use crate::retry::RetryPolicy;
 use crate::shard::Shard;
 use crate::tls::{Tls, TlsError, TlsFiles};
+use crate::sums::{Sums, SumsError};
 
 #[derive(Debug)]
 pub struct Config {
@@ -40,6 +42,10 @@ pub struct Config {
     pub resume: bool,
     /// Files get the server's Last-Modified as their mtime.
     pub remote_time: bool,
+    /// `--check`: compare destinations with the manifest, no request.
+    pub check: bool,
+    /// `--checksums` files, read.
+    pub sums: Arc<Sums>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// `-H` headers, every value marked sensitive.
@@ -148,6 +154,8 @@ pub enum ConfigError {
     Netrc(#[from] NetrcError),
     #[error("--header-for #{number}: {reason}")]
     HostHeader { number: usize, reason: String },
+    #[error(transparent)]
+    Sums(#[from] SumsError),
 }
 
 impl Config {
@@ -156,11 +164,14 @@ impl Config {
         let headers = read_headers(&cli.headers)?;
         let credentials = read_credentials(&cli)?;
         let tls = crate::tls::load(&TlsFiles::of(&cli))?;
+        let sums = Arc::new(Sums::read(&cli.checksums)?);
+        // --check reads and changes nothing: --dir is not made or tested.
+        let read_only = cli.dry_run;
         if cli.retry_delay.0 > cli.retry_max_delay.0 {
             return Err(ConfigError::RetryDelays(cli.retry_delay.0, cli.retry_max_delay.0));
         }
         let dir_error = |source| ConfigError::Dir { path: cli.dir.clone(), source };
-        let tree = if cli.dry_run && !cli.dir.exists() {
+        let tree = if read_only && !cli.dir.exists() {
             // A dry run changes nothing, not even by creating --dir.
             DestTree::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
         } else {
@@ -185,7 +196,7 @@ impl Config {
             let tree = DestTree::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
             // One message now, not one failure per entry. With -P the
             // manifest may not write to --dir at all.
-            if !cli.dry_run && !cli.absolute_paths {
+            if !read_only && !cli.absolute_paths {
                 tree.check_writable().map_err(dir_error)?;
             }
             tree.protecting(&protected)
@@ -214,6 +225,8 @@ impl Config {
             max_filesize: cli.max_filesize.map(|size| size.0),
             resume: !cli.no_resume,
             remote_time: !cli.no_remote_time,
+            check: false,
+            sums,
             connect_timeout: cli.connect_timeout.0,
             read_timeout: cli.read_timeout.0,
             headers,

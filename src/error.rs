@@ -98,8 +98,9 @@ pub enum DownloadError {
     Partial { path: PathBuf, source: std::io::Error },
     #[error("cannot move the finished file into place: {0}")]
     Commit(std::io::Error),
-    #[error("sha256 mismatch: the manifest says {expected}, the file has {actual}")]
-    Checksum { expected: String, actual: String },
+    /// `md5`/`sha1`/`sha256`/`sha512 mismatch: the manifest says …`.
+    #[error(transparent)]
+    Checksum(Box<crate::digest::Mismatch>),
     #[error("size mismatch: the manifest says {expected} bytes, the server sent {actual}")]
     Size { expected: u64, actual: u64 },
 }

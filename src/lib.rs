@@ -17,6 +17,7 @@ pub mod config;
 pub mod defaults;
 pub mod credentials;
 pub mod dest;
+pub mod digest;
 pub mod dispatch;
 pub mod download;
 pub mod error;
@@ -35,6 +36,7 @@ pub mod retry;
 pub mod segments;
 pub mod shard;
 pub mod shutdown;
+pub mod sums;
 pub mod sys;
 pub mod throttle;
 pub mod tls;
@@ -135,7 +137,8 @@ fn start_reading(
     mut config: Config,
     reporter: &Arc<Reporter>,
 ) -> Result<(Config, mpsc::Receiver<Vec<Item>>), Error> {
-    let reader = Reader::new(config.tree.rules().clone(), config.shard);
+    let mut reader = Reader::new(config.tree.rules().clone(), config.shard);
+    reader.sums = config.sums.clone();
     // The bars' total: count the manifests in a second pass, in the
     // background, when all are regular files (read at their own offset:
     // a pipe or FIFO cannot be read twice, so its total stays unknown).

@@ -19,7 +19,8 @@ use crate::redact;
 use crate::report::Summary;
 
 pub fn run(config: Config, reporter: &Reporter) -> Summary {
-    let reader = Reader::new(config.tree.rules().clone(), config.shard);
+    let mut reader = Reader::new(config.tree.rules().clone(), config.shard);
+    reader.sums = config.sums;
     let (tx, mut rx) = mpsc::channel(8);
     let sources = config.sources;
     std::thread::spawn(move || reader.read_all(sources, &tx));

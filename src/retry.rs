@@ -315,7 +315,7 @@ mod tests {
             assert_eq!(classify(&DownloadError::Attempt(error)), want, "{name}");
         }
         let entries: Vec<(DownloadError, Class)> = vec![
-            (DownloadError::Checksum { expected: "a".into(), actual: "b".into() }, Class::Permanent),
+            (DownloadError::Checksum(Box::new(mismatch())), Class::Permanent),
             (DownloadError::Size { expected: 1, actual: 2 }, Class::Permanent),
             (DownloadError::Commit(io(io::ErrorKind::StorageFull)), Class::Permanent),
             (DownloadError::Commit(emfile()), Class::OutOfDescriptors),
@@ -323,6 +323,15 @@ mod tests {
         ];
         for (error, want) in entries {
             assert_eq!(classify(&error), want, "{error:?}");
+        }
+    }
+
+    fn mismatch() -> crate::digest::Mismatch {
+        use crate::digest::{Algorithm, Checksum, Expected, Origin};
+        let checksum = Checksum::parse(Algorithm::Md5, &"0".repeat(32)).unwrap();
+        crate::digest::Mismatch {
+            expected: Expected { checksum, origin: Origin::Manifest },
+            actual: checksum,
         }
     }
 

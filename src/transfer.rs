@@ -28,10 +28,10 @@ use std::time::SystemTime;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Response, StatusCode, Url};
-use sha2::{Digest, Sha256};
 
 use crate::body::Body;
 use crate::config::SplitPolicy;
+use crate::digest::{Digests, Expected};
 use crate::error::{AttemptError, LookupFailure, lookup_failure};
 use crate::fsx::{Meta, Partial};
 use crate::net::Net;
@@ -53,8 +53,9 @@ pub struct State {
     pub last_modified: Option<String>,
     /// The full length, from Content-Length or Content-Range.
     pub total: Option<u64>,
-    /// Running digest of bytes `0..offset`, when a sha256 is to be checked.
-    pub hasher: Option<Sha256>,
+    /// Running digests of bytes `0..offset`, one per algorithm the entry
+    /// expects (none when it expects none).
+    pub digests: Digests,
     /// Responses whose bytes make up the file: more than one means splices.
     pub pieces: u32,
     pub http_status: Option<u16>,
@@ -63,9 +64,9 @@ pub struct State {
 }
 
 impl State {
-    /// Nothing known yet; a digest kept when the entry has a sha256.
-    pub fn for_entry(checksum: bool) -> State {
-        State { hasher: checksum.then(Sha256::new), ..State::default() }
+    /// Nothing known yet; digests kept for what the entry expects.
+    pub fn for_entry(expected: &[Expected]) -> State {
+        State { digests: Digests::new(expected), ..State::default() }
     }
 
     /// The `If-Range` value: a strong ETag, else Last-Modified (weak ETags
@@ -80,9 +81,7 @@ impl State {
     fn reset(&mut self) {
         self.offset = 0;
         self.pieces = 0;
-        if self.hasher.is_some() {
-            self.hasher = Some(Sha256::new());
-        }
+        self.digests.reset();
     }
 
     pub fn meta(&self, url: &Url) -> Meta {
@@ -309,9 +308,7 @@ async fn stream_body(
             return Err(AttemptError::Overlong { got, expected });
         }
         partial.write(&chunk).map_err(AttemptError::Disk)?;
-        if let Some(hasher) = &mut state.hasher {
-            hasher.update(&chunk);
-        }
+        state.digests.update(&chunk);
         state.offset = got;
         state.received += chunk.len() as u64;
         progress.advance(chunk.len() as u64);

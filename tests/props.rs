@@ -311,9 +311,9 @@ fn print_json(spec: &Spec) -> String {
     if let Some(size) = spec.size {
         write!(line, ",\"size\":{size}").unwrap();
     }
-    if let Some(sha) = spec.sha256 {
-        let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
-        write!(line, ",\"sha256\":\"{hex}\"").unwrap();
+    for expected in &spec.checksums {
+        let checksum = &expected.checksum;
+        write!(line, ",\"{}\":\"{checksum}\"", checksum.algorithm()).unwrap();
     }
     if !spec.headers.is_empty() {
         let fields: Vec<_> = spec
@@ -335,7 +335,7 @@ fn print_json(spec: &Spec) -> String {
 
 /// A spec as `URL PATH` and as `URL`, where those forms can say it.
 fn print_text(spec: &Spec) -> Vec<String> {
-    let plain = spec.size.is_none() && spec.sha256.is_none() && spec.headers.is_empty();
+    let plain = spec.size.is_none() && spec.checksums.is_empty() && spec.headers.is_empty();
     let mut lines = Vec::new();
     // A path with a tab or a run of spaces reads as an ambiguous split
     // after one space (the URL may have had a space): JSON carries it.
@@ -795,7 +795,7 @@ fn generated_lines_reach_every_kind_of_entry() {
             Ok(Some(spec)) if line.trim_start().starts_with('{') => vec![
                 Some("json"),
                 spec.size.map(|_| "size"),
-                spec.sha256.map(|_| "sha256"),
+                (!spec.checksums.is_empty()).then_some("sha256"),
                 (!spec.headers.is_empty()).then_some("headers"),
                 spec.path.contains("..").then_some("dot-dot inside"),
             ],

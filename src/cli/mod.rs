@@ -23,6 +23,7 @@ Manifest lines:
   URL PATH                       download URL to PATH (PATH may contain spaces)
   URL                            name the file after the URL's last path segment
   {\"url\": \"...\", \"path\": \"...\", \"size\": 123, \"sha256\": \"...\", \"headers\": {\"K\": \"V\"}}
+                                 checksums: md5, sha1, sha256, sha512 (each given is verified)
   # comment                      blank lines and comments are ignored
 
 Exit status: 0 all downloaded or skipped, 1 some entry failed, 2 usage error,
@@ -124,6 +125,13 @@ pub struct Cli {
     /// make and rsync see when the file changed, not when it was fetched.
     #[arg(long, help_heading = "Destinations")]
     pub no_remote_time: bool,
+
+    /// A checksum file: sha256sum, sha512sum, sha1sum or md5sum output (`HEX  NAME`) or BSD
+    /// tags (`SHA256 (NAME) = HEX`). Each NAME's digest applies to the entry whose path is
+    /// NAME (a leading ./ aside); names no entry has are passed over. Repeatable.
+    #[arg(long = "checksums", value_name = "FILE", action = ArgAction::Append,
+          help_heading = "Verification")]
+    pub checksums: Vec<PathBuf>,
 
     /// Fail the entries of a host that has not answered (or only asked for less: 429,
     /// 503) for this long. Until then they wait for it instead of spending their

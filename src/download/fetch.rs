@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use reqwest::header::HeaderMap;
-use sha2::{Digest, Sha256};
 
 use super::{Context, host_key, partial_error};
 use crate::config::SplitPolicy;
@@ -74,7 +73,7 @@ pub(super) async fn fetch(
         host,
         headers: merged_headers(&ctx.headers, &entry.headers),
         split: ctx.net.split.filter(|p| entry.size.is_none_or(|size| size >= p.min_size)),
-        state: State::for_entry(entry.sha256.is_some()),
+        state: State::for_entry(&entry.checksums),
     };
     let mut resumed =
         resume_or_truncate(entry, ctx, &mut partial, &mut t.state).map_err(partial_error(dest))?;
@@ -250,10 +249,11 @@ impl Transfer<'_> {
         state.http_status = state.http_status.or(Some(206));
         state.offset = total;
         state.pieces += stats.requests.max(1);
-        if let Some(hasher) = &mut state.hasher {
-            // Ranges arrive out of order: the digest is taken from the file.
-            *hasher = Sha256::new();
-            tokio::task::block_in_place(|| partial.read_existing(|bytes| hasher.update(bytes)))
+        if !state.digests.is_empty() {
+            // Ranges arrive out of order: the digests are taken from the file.
+            let digests = &mut state.digests;
+            digests.reset();
+            tokio::task::block_in_place(|| partial.read_existing(|bytes| digests.update(bytes)))
                 .map_err(AttemptError::Disk)?;
         }
         Ok(())
@@ -262,7 +262,7 @@ impl Transfer<'_> {
     /// Start the file over: nothing of it on disk, nothing known of it.
     fn restart(&mut self, partial: &mut Partial) -> std::io::Result<()> {
         partial.truncate()?;
-        self.state = State::for_entry(self.entry.sha256.is_some());
+        self.state = State::for_entry(&self.entry.checksums);
         Ok(())
     }
 
@@ -301,15 +301,16 @@ fn resume_or_truncate(
     state.total = meta.total;
     if let Some(done) = meta.done {
         if meta.total != Some(partial.len()) || state.if_range().is_none() {
-            *state = State::for_entry(state.hasher.is_some());
+            *state = State::for_entry(&entry.checksums);
             partial.truncate()?;
             return Ok(None);
         }
         return Ok(Some(done));
     }
-    if let Some(hasher) = &mut state.hasher {
-        // The digest must cover the bytes already on disk.
-        tokio::task::block_in_place(|| partial.read_existing(|bytes| hasher.update(bytes)))?;
+    if !state.digests.is_empty() {
+        // The digests must cover the bytes already on disk.
+        let digests = &mut state.digests;
+        tokio::task::block_in_place(|| partial.read_existing(|bytes| digests.update(bytes)))?;
     }
     state.offset = partial.len();
     state.pieces = 1;
@@ -320,13 +321,7 @@ fn verify(entry: &Entry, state: &mut State) -> Result<(), DownloadError> {
     if let Some(expected) = entry.size.filter(|&s| s != state.offset) {
         return Err(DownloadError::Size { expected, actual: state.offset });
     }
-    if let (Some(expected), Some(hasher)) = (entry.sha256, state.hasher.take()) {
-        let actual: [u8; 32] = hasher.finalize().into();
-        if actual != expected {
-            return Err(DownloadError::Checksum { expected: hex(&expected), actual: hex(&actual) });
-        }
-    }
-    Ok(())
+    std::mem::take(&mut state.digests).verify(&entry.checksums).map_err(DownloadError::Checksum)
 }
 
 fn merged_headers(global: &HeaderMap, entry: &HeaderMap) -> HeaderMap {
@@ -336,8 +331,4 @@ fn merged_headers(global: &HeaderMap, entry: &HeaderMap) -> HeaderMap {
         headers.insert(name, value.clone());
     }
     headers
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{Entry, Location};
 use crate::dest::{self, DestError, Rules};
+use crate::digest::{Algorithm, Checksum, Expected, HexError, Origin};
 
 /// A manifest line longer than this is refused rather than buffered.
 pub(super) const MAX_LINE: usize = 64 * 1024;
@@ -25,8 +26,11 @@ pub enum LineError {
     Scheme(String),
     #[error("invalid JSON: {0}")]
     Json(String),
-    #[error("invalid sha256 {0:?}: expected 64 hex digits")]
-    Sha256(String),
+    /// A `sha256`, `sha512`, `sha1` or `md5` that is not its hex digits.
+    #[error(transparent)]
+    Checksum(#[from] HexError),
+    #[error("the line's {algorithm} contradicts {listed}, which gives another for {path:?}")]
+    ChecksumConflict { algorithm: Algorithm, listed: Origin, path: String },
     #[error("invalid header {name:?}: {reason}")]
     Header { name: String, reason: &'static str },
     /// Not quoted: what is not a header name may be a secret.
@@ -58,7 +62,8 @@ pub struct Spec {
     pub path: String,
     pub dest: PathBuf,
     pub size: Option<u64>,
-    pub sha256: Option<[u8; 32]>,
+    /// At most one per algorithm.
+    pub checksums: Vec<Expected>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -69,7 +74,7 @@ impl Spec {
             path: self.path,
             dest: self.dest,
             size: self.size,
-            sha256: self.sha256,
+            checksums: self.checksums,
             headers: self.headers.into_iter().collect(),
             location,
         }
@@ -82,7 +87,10 @@ struct JsonLine {
     url: String,
     path: Option<String>,
     size: Option<u64>,
+    md5: Option<String>,
+    sha1: Option<String>,
     sha256: Option<String>,
+    sha512: Option<String>,
     #[serde(default)]
     headers: HeaderFields,
 }
@@ -119,10 +127,10 @@ pub fn parse_line(line: &str, rules: &Rules) -> Result<Option<Spec>, LineError> 
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
     }
-    let (url, path, size, sha256, headers) = if line.starts_with('{') {
+    let (url, path, size, checksums, headers) = if line.starts_with('{') {
         let json: JsonLine = serde_json::from_str(line)
             .map_err(|e| LineError::Json(crate::redact::json_error(&e.to_string())))?;
-        let sha256 = json.sha256.as_deref().map(parse_sha256).transpose()?;
+        let checksums = json_checksums(&json)?;
         let headers: Vec<_> = json
             .headers
             .0
@@ -133,17 +141,33 @@ pub fn parse_line(line: &str, rules: &Rules) -> Result<Option<Spec>, LineError> 
         if let Some((name, _)) = headers.iter().find(|(name, _)| !seen.insert(name)) {
             return Err(LineError::Header { name: name.to_string(), reason: "given more than once" });
         }
-        (parse_url(&json.url)?, json.path, json.size, sha256, headers)
+        (parse_url(&json.url)?, json.path, json.size, checksums, headers)
     } else {
         let (url, path) = split_plain(line)?;
-        (parse_url(url)?, path.map(str::to_owned), None, None, Vec::new())
+        (parse_url(url)?, path.map(str::to_owned), None, Vec::new(), Vec::new())
     };
     let path = match path {
         Some(path) => path,
         None => dest::name_from_url(&url)?,
     };
     let dest = rules.resolve(&path)?;
-    Ok(Some(Spec { url, path, dest, size, sha256, headers }))
+    Ok(Some(Spec { url, path, dest, size, checksums, headers }))
+}
+
+/// The line's `md5`, `sha1`, `sha256`, `sha512`: any of them, each verified.
+fn json_checksums(json: &JsonLine) -> Result<Vec<Expected>, HexError> {
+    let keys = [
+        (Algorithm::Md5, &json.md5),
+        (Algorithm::Sha1, &json.sha1),
+        (Algorithm::Sha256, &json.sha256),
+        (Algorithm::Sha512, &json.sha512),
+    ];
+    keys.into_iter()
+        .filter_map(|(algorithm, hex)| hex.as_deref().map(|hex| (algorithm, hex)))
+        .map(|(algorithm, hex)| {
+            Ok(Expected { checksum: Checksum::parse(algorithm, hex)?, origin: Origin::Manifest })
+        })
+        .collect()
 }
 
 /// Split a trimmed plain line into `URL` and `PATH`: the URL ends at the
@@ -184,20 +208,6 @@ fn parse_url(text: &str) -> Result<Url, LineError> {
     Ok(url)
 }
 
-fn parse_sha256(hex: &str) -> Result<[u8; 32], LineError> {
-    // Digits only: `from_str_radix` would also take a sign ("+0").
-    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
-    let bad = || LineError::Sha256(hex.to_owned());
-    if hex.len() != 64 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-        *byte = digit(pair[0]).ok_or_else(bad)? << 4 | digit(pair[1]).ok_or_else(bad)?;
-    }
-    Ok(out)
-}
-
 fn parse_header(name: String, value: &str) -> Result<(HeaderName, HeaderValue), LineError> {
     let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| LineError::HeaderName)?;
     let mut header_value = HeaderValue::from_str(value)
@@ -236,7 +246,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.path, "p/q");
         assert_eq!(s.size, Some(3));
-        assert_eq!(s.sha256.unwrap()[..2], [0xba, 0x78]);
+        assert_eq!(s.checksums[0].checksum.as_bytes()[..2], [0xba, 0x78]);
         assert_eq!(s.headers[0].0.as_str(), "x-a");
 
         let s = parse(r#"{"url": "http://h/dir/name.txt"}"#).unwrap().unwrap();
@@ -259,7 +269,14 @@ mod tests {
                 |e| matches!(e, LineError::Json(m) if m.contains("bogus")),
             ),
             (r#"{"path": "a"}"#, |e| matches!(e, LineError::Json(m) if m.contains("url"))),
-            (r#"{"url": "http://h/a", "sha256": "abc"}"#, |e| matches!(e, LineError::Sha256(_))),
+            (r#"{"url": "http://h/a", "sha256": "abc"}"#, |e| {
+                matches!(e, LineError::Checksum(HexError { algorithm: Algorithm::Sha256, .. }))
+            }),
+            (r#"{"url": "http://h/a", "md5": "abc"}"#, |e| e.to_string().starts_with("invalid md5 \"abc\"")),
+            (
+                r#"{"url": "http://h/a", "sha384": "abc"}"#,
+                |e| matches!(e, LineError::Json(m) if m.contains("sha384")),
+            ),
             (r#"{"url": "http://h/a", "headers": {"Bad Name": "v"}}"#, |e| {
                 matches!(e, LineError::HeaderName)
             }),
@@ -272,24 +289,29 @@ mod tests {
     }
 
     #[test]
-    fn sha256_is_exactly_64_hex_digits() {
-        let good = "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015ad";
-        assert_eq!(parse_sha256(good).unwrap()[..2], [0xba, 0x78]);
-        assert_eq!(parse_sha256(&"0".repeat(64)), Ok([0; 32]));
-        let bad = [
-            "+0".repeat(32),
-            "-0".repeat(32),
-            " 0".repeat(32),
-            "0 ".repeat(32),
-            format!("0x{}", "0".repeat(62)),
-            "0".repeat(63),
-            "0".repeat(65),
-            format!("{}g", "0".repeat(63)),
-            format!("{}é", "0".repeat(62)),
-            String::new(),
+    fn each_checksum_key_is_read_and_checked_for_its_length() {
+        let abc = [
+            ("md5", "900150983cd24fb0d6963f7d28e17f72"),
+            ("sha1", "a9993e364706816aba3e25717850c26c9cd0d89d"),
+            ("sha256", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            ("sha512", &"ab".repeat(64)),
         ];
-        for hex in bad {
-            assert_eq!(parse_sha256(&hex), Err(LineError::Sha256(hex.clone())), "{hex:?}");
+        let keys: Vec<_> = abc.iter().map(|(key, hex)| format!("{key:?}: {hex:?}")).collect();
+        let s = parse(&format!(r#"{{"url": "http://h/a", {}}}"#, keys.join(", "))).unwrap().unwrap();
+        let got: Vec<_> =
+            s.checksums.iter().map(|e| (e.checksum.algorithm().name(), e.checksum.to_string())).collect();
+        let want: Vec<_> = abc.iter().map(|&(key, hex)| (key, hex.to_owned())).collect();
+        assert_eq!(got, want);
+        assert!(s.checksums.iter().all(|e| e.origin == Origin::Manifest));
+        // One key's length is not another's.
+        for (key, _) in abc {
+            let other = if key == "md5" {
+                "a9993e364706816aba3e25717850c26c9cd0d89d"
+            } else {
+                "900150983cd24fb0d6963f7d28e17f72"
+            };
+            let error = parse(&format!(r#"{{"url": "http://h/a", {key:?}: {other:?}}}"#)).unwrap_err();
+            assert!(error.to_string().starts_with(&format!("invalid {key} ")), "{error}");
         }
     }
 

@@ -54,7 +54,9 @@ pub struct Entry {
     /// The resolved destination.
     pub dest: PathBuf,
     pub size: Option<u64>,
-    pub sha256: Option<[u8; 32]>,
+    /// Digests the file must have, at most one per algorithm: the line's
+    /// own and those of `--checksums` files.
+    pub checksums: Vec<crate::digest::Expected>,
     pub headers: HeaderMap,
     pub location: Location,
 }

@@ -7,12 +7,13 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 
-use super::line::{LineError, MAX_LINE, parse_line};
+use super::line::{LineError, MAX_LINE, Spec, parse_line};
 use super::seen::Seen;
 use super::source::{Recount, Source};
 use super::{Item, Location};
 use crate::dest::Rules;
 use crate::shard::Shard;
+use crate::sums::Sums;
 
 /// How lines become items: destination rules and the shard filter.
 /// Clones share the `Tally` of the count ahead.
@@ -20,6 +21,8 @@ use crate::shard::Shard;
 pub struct Reader {
     pub rules: Rules,
     pub shard: Option<Shard>,
+    /// `--checksums`: digests for the entries whose path they list.
+    pub sums: Arc<Sums>,
     tally: Arc<Tally>,
 }
 
@@ -43,7 +46,7 @@ enum Count {
 
 impl Reader {
     pub fn new(rules: Rules, shard: Option<Shard>) -> Self {
-        Reader { rules, shard, tally: Arc::default() }
+        Reader { rules, shard, sums: Arc::default(), tally: Arc::default() }
     }
 
     /// Read every source in order on the calling (blocking) thread, sending
@@ -171,7 +174,7 @@ impl Reader {
                 // A comment may be as long as it likes.
                 _ if too_long && line.trim_ascii_start().starts_with(b"#") => (Ok(None), ""),
                 _ if too_long => (Err(LineError::TooLong), ""),
-                Ok(text) => (parse_line(text, &self.rules), text),
+                Ok(text) => (parse_line(text, &self.rules).and_then(|spec| self.listed(spec)), text),
                 Err(_) => (Err(LineError::NotUtf8), ""),
             };
             let location = || Location { source: name.clone(), line: line_no };
@@ -191,6 +194,21 @@ impl Reader {
             if !sink.item(item) {
                 return Ok(false);
             }
+        }
+    }
+}
+
+impl Reader {
+    /// `spec` with the digests `--checksums` files list for its path.
+    fn listed(&self, spec: Option<Spec>) -> Result<Option<Spec>, LineError> {
+        let Some(mut spec) = spec else { return Ok(None) };
+        match self.sums.merge(&spec.path, &mut spec.checksums) {
+            Ok(()) => Ok(Some(spec)),
+            Err(conflict) => Err(LineError::ChecksumConflict {
+                algorithm: conflict.algorithm,
+                listed: conflict.listed,
+                path: spec.path,
+            }),
         }
     }
 }
