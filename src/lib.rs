@@ -33,6 +33,7 @@ pub mod shutdown;
 pub mod sys;
 pub mod traffic;
 pub mod transfer;
+pub mod validators;
 
 use std::io;
 use std::sync::Arc;
@@ -197,6 +198,7 @@ fn context(
         tree: config.tree,
         headers: config.headers,
         overwrite: config.overwrite,
+        refresh: config.refresh,
         resume: config.resume,
         remote_time: config.remote_time,
     }))

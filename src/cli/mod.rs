@@ -59,6 +59,12 @@ pub struct Cli {
     #[arg(long, help_heading = "Destinations")]
     pub overwrite: bool,
 
+    /// Ask the server whether an existing destination changed (a conditional GET with the
+    /// ETag or Last-Modified stored with the file, else its mtime): unchanged (304) is
+    /// left as it is, a new version replaces it once complete.
+    #[arg(long, conflicts_with = "overwrite", help_heading = "Destinations")]
+    pub refresh: bool,
+
     /// Downloads in flight at once.
     #[arg(short = 'j', long, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Concurrency")]

@@ -10,6 +10,7 @@ mod hosts;
 mod manifest;
 mod network;
 mod output;
+mod refresh;
 mod resilience;
 mod server;
 mod split;

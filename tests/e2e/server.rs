@@ -31,6 +31,8 @@ use tokio::time::Sleep;
 // The path spelled out: rustfmt looks for a plain `mod host;` beside this file.
 #[path = "server/host.rs"]
 pub mod host;
+#[path = "server/refresh.rs"]
+pub mod refresh;
 
 /// Deterministic pseudo-random content: same seed, same bytes.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
@@ -73,6 +75,8 @@ pub struct Route {
     pub headers: Vec<(String, String)>,
     /// After one response, serve this route instead (the file changed).
     pub then: Option<Box<Route>>,
+    /// Answer conditional requests (`refresh.rs`); otherwise ignore them.
+    pub conditional: bool,
 }
 
 impl Route {
@@ -441,6 +445,9 @@ fn respond(
         && headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str())
     {
         return plain(StatusCode::FORBIDDEN, "missing required header");
+    }
+    if let Some(response) = refresh::not_modified(route, headers) {
+        return (response, 304);
     }
     if let Some(location) = &route.redirect {
         let (mut response, _) = plain(StatusCode::FOUND, "moved");
