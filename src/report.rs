@@ -17,7 +17,7 @@ use crate::error::DownloadError;
 use crate::manifest::{Entry, LineError, Location};
 use crate::redact;
 
-/// Every entry was downloaded or skipped.
+/// Every entry was downloaded, unchanged (`--refresh`) or skipped.
 pub const EXIT_OK: u8 = 0;
 /// At least one entry failed (invalid manifest lines included).
 pub const EXIT_FAILED: u8 = 1;

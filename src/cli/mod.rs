@@ -23,7 +23,7 @@ Manifest lines:
   {\"url\": \"...\", \"path\": \"...\", \"size\": 123, \"sha256\": \"...\", \"headers\": {\"K\": \"V\"}}
   # comment                      blank lines and comments are ignored
 
-Exit status: 0 all downloaded or skipped, 1 some entry failed, 2 usage error,
+Exit status: 0 all downloaded, unchanged or skipped, 1 some entry failed, 2 usage error,
 130/143 interrupted (partial files are kept and resumed by the next run).
 
 Examples:
