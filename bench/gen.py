@@ -18,6 +18,8 @@ PLAIN, CAPPED, SLOW = "http://127.0.0.1:18080", "http://127.0.0.1:18081", "http:
 # faultd.py's port, and one where nothing listens (verify.py knows both).
 FAULT, DEAD = "http://127.0.0.1:18083", "http://127.0.0.1:18099"
 FAULTS = {"ratelimit": 2000, "outage": 3000, "overloaded": 1000}
+# Real files, one per URL, for refresh (nginx gives each its own ETag).
+REFRESH = "http://127.0.0.1:18084"
 
 
 def make(path, size, seed):
@@ -56,6 +58,18 @@ elif scenario == "many":
     for i in range(n):
         p = f"many/d{i % 200}/f{i}.bin"
         entries.append((f"{PLAIN}/{p}", p))
+elif scenario == "refresh":
+    # `many` with a file of its own behind every URL, under www/refresh/:
+    # 200,000 files of 1 byte in 200 folders. bench/refresh.py changes 1%.
+    n = count or 200_000
+    for i in range(n):
+        p = f"many/d{i % 200}/f{i}.bin"
+        full = os.path.join(www, "refresh", p)
+        if not os.path.exists(full):
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "wb") as f:
+                f.write(bytes([i % 256]))
+        entries.append((f"{REFRESH}/{p}", p))
 elif scenario in FAULTS:
     # Nothing on disk: faultd.py makes every body.
     for i in range(FAULTS[scenario]):

@@ -14,7 +14,11 @@
 # host health against bench/faultd.py (issue 17): ratelimit and
 # ratelimit-nora (100 requests/s, 429 with Retry-After: 1 or without),
 # outage (90 s mid-run; one run of each tool, two minutes each), deadhost
-# (refused port among a healthy one), overloaded (4 at once, 503 beyond).
+# (refused port among a healthy one), overloaded (4 at once, 503 beyond);
+# refresh (issue 18): `many` with a file behind each URL, downloaded, then
+# 1% changed on the server: fetch --refresh, --overwrite and wget2 -N, and
+# fetch --refresh with nothing changed against the no-op skip run, with
+# the bytes nginx sent (headers included).
 # Fault tables: a row per run, with the server's counts; the peers retry
 # as issue 17 asks (curl --retry 5 --retry-all-errors, wget2 --tries=6,
 # aria2c --max-tries=6).
@@ -26,7 +30,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bench=$root/bench
 WORK=${BENCH_DIR:-/tmp/fetch-bench}
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-"small large capped latency many noop bars flat ratelimit ratelimit-nora outage deadhost overloaded"}
+SCENARIOS=${SCENARIOS:-"small large capped latency many noop bars flat ratelimit ratelimit-nora outage deadhost overloaded refresh"}
 J=16
 
 need=()
@@ -55,6 +59,13 @@ http {
   default_type application/octet-stream;
   server { listen 127.0.0.1:18080; root $WORK/www; location /many/ { rewrite ^ /one.bin break; } }
   server { listen 127.0.0.1:18081; root $WORK/www; limit_rate 25m; }
+  # refresh: real files, so that each has its own ETag; conditional requests
+  # are nginx's own (etag on, if_modified_since exact).
+  log_format sent '\$status \$bytes_sent';
+  server {
+    listen 127.0.0.1:18084; root $WORK/www/refresh;
+    access_log $WORK/logs/refresh-access.log sent buffer=64k flush=100ms;
+  }
 }
 CONF
 cleanup() {
@@ -71,6 +82,7 @@ python3 "$bench/latency.py" "$WORK/www" 18082 50 & slow=$!
 results=$WORK/results.tsv
 : > "$results"
 : > "$WORK/faults.tsv"
+: > "$WORK/refresh.tsv"
 
 # settle OUT SERVED: the state every timed run starts from. The last run's
 # output is put out of the way and written back, and the kernel's caches are
@@ -207,6 +219,26 @@ fault_peers() {
     -P "$out" -i "$m.wget2"
 }
 
+# refresh_measure TOOL OUT CMD...: one timed run against the refresh set as
+# it is now, from warm caches as noop; a row of results.tsv, and one of
+# refresh.tsv with what nginx's access log says it sent.
+refresh_measure() {
+  local tool=$1 out=$2 start end
+  shift 2
+  sync
+  : > "$WORK/logs/refresh-access.log"
+  start=$(date +%s%N)
+  /usr/bin/time -f "%U %S %M" -o "$WORK/time.txt" "$@" > "$WORK/logs/refresh-${tool//[^A-Za-z0-9.-]/_}.log" 2>&1 || true
+  end=$(date +%s%N)
+  sleep 0.5 # nginx writes its log buffer every 100 ms
+  ok=$(python3 "$bench/verify.py" "$WORK" "$WORK/m/refresh.fetch" "$out" || true)
+  read -r user sys rss < <(tail -1 "$WORK/time.txt")
+  wall=$(awk -v ns=$((end - start)) 'BEGIN {printf "%.3f", ns / 1e9}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' refresh "$tool" "$wall" "$user" "$sys" "$rss" "$ok" 200000 >> "$results"
+  printf '%s\t%s\t%s\n' "$tool" "$wall" "$(python3 "$bench/refresh.py" "$WORK" bytes)" >> "$WORK/refresh.tsv"
+  echo "  refresh $tool: ${wall}s $ok $(python3 "$bench/refresh.py" "$WORK" bytes)" >&2
+}
+
 for s in $SCENARIOS; do
   echo "== $s" >&2
   case $s in
@@ -296,6 +328,35 @@ for s in $SCENARIOS; do
         "$FETCH" -q -j 4 --dir "$WORK/out" "$m.fetch"
       fault_peers overloaded "$m" 600 "overload 18083 4 50"
       ;;
+    refresh)
+      # Each tool first brings its own copy up to date (untimed: a fresh
+      # download the first time); then, RUNS times, 1% of the files become
+      # a new version (bench/refresh.py flip) and the tool runs. fetch keeps
+      # its validators in xattrs, wget2 -N its files' mtimes.
+      python3 "$bench/gen.py" "$WORK" refresh
+      m=$WORK/m/refresh version=0
+      python3 "$bench/refresh.py" "$WORK" flip 0
+      f=$WORK/out-refresh w=$WORK/out-refresh-wget2
+      "$FETCH" -q -j $J --refresh --dir "$f" "$m.fetch" || true
+      wget2 -q -N --max-threads=$J -nH -x -P "$w" -i "$m.wget2" || true
+      for tool in "fetch --refresh" "fetch --overwrite" "wget2 -N"; do
+        for _ in $(seq "$RUNS"); do
+          version=$((version + 1))
+          python3 "$bench/refresh.py" "$WORK" flip $version
+          case $tool in
+            "fetch --refresh") refresh_measure "$tool" "$f" "$FETCH" -q -j $J --refresh --dir "$f" "$m.fetch" ;;
+            "fetch --overwrite") refresh_measure "$tool" "$f" "$FETCH" -q -j $J --overwrite --dir "$f" "$m.fetch" ;;
+            # (wget2 missed the versions fetch ran against: still 1% changed.)
+            "wget2 -N") refresh_measure "$tool" "$w" wget2 -q -N --max-threads=$J -nH -x -P "$w" -i "$m.wget2" ;;
+          esac
+        done
+      done
+      for _ in $(seq "$RUNS"); do
+        refresh_measure "fetch --refresh, nothing changed" "$f" "$FETCH" -q -j $J --refresh --dir "$f" "$m.fetch"
+        refresh_measure "wget2 -N, nothing changed" "$w" wget2 -q -N --max-threads=$J -nH -x -P "$w" -i "$m.wget2"
+        refresh_measure "fetch, no-op skip" "$f" "$FETCH" -q -j $J --dir "$f" "$m.fetch"
+      done
+      ;;
     *) echo "unknown scenario $s" >&2; exit 2 ;;
   esac
 done
@@ -330,3 +391,4 @@ if [ -f "$WORK/www/large/f0.bin" ]; then
 fi
 python3 "$bench/table.py" "$results"
 python3 "$bench/faults.py" "$WORK/faults.tsv"
+if [ -s "$WORK/refresh.tsv" ]; then python3 "$bench/refresh.py" "$WORK" table; fi

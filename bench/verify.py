@@ -32,6 +32,8 @@ with open(manifest) as f:
                 failed += 1
             continue
         src_rel = "one.bin" if path.startswith("many/") else path
+        if "//127.0.0.1:18084/" in url:
+            src_rel = os.path.join("refresh", path)
         src = os.path.join(www, src_rel)
         try:
             if os.path.getsize(dst) != os.path.getsize(src):

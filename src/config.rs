@@ -25,6 +25,8 @@ pub struct Config {
     pub sources: Vec<Source>,
     pub tree: DestTree,
     pub overwrite: bool,
+    /// `--refresh`: existing destinations get a conditional request.
+    pub refresh: bool,
     pub jobs: usize,
     pub per_host: Option<usize>,
     /// None when `--max-connections-per-file 1` turns splitting off.
@@ -207,6 +209,7 @@ impl Config {
             sources,
             tree,
             overwrite: cli.overwrite,
+            refresh: cli.refresh,
             jobs: cli.jobs as usize,
             per_host: cli.per_host.map(|n| n as usize),
             split: (cli.max_connections_per_file > 1).then(|| SplitPolicy {

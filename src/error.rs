@@ -222,6 +222,10 @@ pub fn out_of_descriptors(error: &(dyn StdError + 'static)) -> bool {
 }
 
 fn status_text(status: StatusCode) -> String {
+    if status == StatusCode::NOT_MODIFIED {
+        // A conditional request's 304 is no error (crate::validators).
+        return "304 Not Modified to a request that was not conditional".to_owned();
+    }
     match status.canonical_reason() {
         Some(reason) => format!("{} {reason}", status.as_u16()),
         None => status.as_u16().to_string(),

@@ -42,6 +42,7 @@ pub mod throttle;
 pub mod tls;
 pub mod traffic;
 pub mod transfer;
+pub mod validators;
 
 use std::io;
 use std::sync::Arc;
@@ -218,6 +219,7 @@ fn context(
         tree: config.tree,
         headers: config.headers,
         overwrite: config.overwrite,
+        refresh: config.refresh,
         resume: config.resume,
         remote_time: config.remote_time,
     }))

@@ -2,7 +2,8 @@
 //! output, what a real run would download or skip. No request is made and
 //! nothing is created, not even `--dir`.
 //!
-//! One line per entry: `download  PATH  URL` or `skip      PATH  (exists)`;
+//! One line per entry: `download  PATH  URL`, `refresh   PATH  URL` (an
+//! existing file `--refresh` asks about) or `skip      PATH  (exists)`;
 //! invalid lines and destinations refused by the symlink check go to
 //! standard error as in a real run, including a destination given again
 //! with another URL (the manifest reader's bounded check).
@@ -28,12 +29,19 @@ pub fn run(config: Config, reporter: &Reporter) -> Summary {
     let mut summary = Summary::default();
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut planned = 0u64;
+    // --refresh: destinations to be asked about with a condition.
+    let mut refreshed = 0u64;
     for item in std::iter::from_fn(|| rx.blocking_recv()).flatten() {
         let written = match item {
             Item::Entry(entry) => {
                 let dest = entry.dest.display().to_string();
                 let dest = crate::progress::escape(&dest);
-                if !config.overwrite && dest::look(&entry.dest, entry.size) == Found::Keep {
+                let found =
+                    if config.overwrite { Found::Nothing } else { dest::look(&entry.dest, entry.size) };
+                if found == Found::Keep && config.refresh {
+                    refreshed += 1;
+                    writeln!(out, "refresh   {dest}  {}", redact::url(&entry.url))
+                } else if found == Found::Keep {
                     summary.skipped += 1;
                     writeln!(out, "skip      {dest}  (exists)")
                 } else if let Err(e) = config.tree.check_parent(&entry.dest) {
@@ -62,8 +70,9 @@ pub fn run(config: Config, reporter: &Reporter) -> Summary {
         }
     }
     let _ = out.flush();
+    let refresh = if config.refresh { format!(", {refreshed} to refresh") } else { String::new() };
     reporter.error(&format_args!(
-        "dry run: {planned} to download, {} to skip, {} invalid; nothing was downloaded",
+        "dry run: {planned} to download{refresh}, {} to skip, {} invalid; nothing was downloaded",
         summary.skipped, summary.failed
     ));
     summary

@@ -17,7 +17,7 @@ use crate::error::DownloadError;
 use crate::manifest::{Entry, LineError, Location};
 use crate::redact;
 
-/// Every entry was downloaded or skipped.
+/// Every entry was downloaded, unchanged (`--refresh`) or skipped.
 pub const EXIT_OK: u8 = 0;
 /// At least one entry failed (invalid manifest lines included).
 pub const EXIT_FAILED: u8 = 1;
@@ -28,6 +28,8 @@ pub const EXIT_USAGE: u8 = 2;
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Downloaded,
+    /// `--refresh`: the server's file is the one in place (`304`).
+    Unchanged,
     Skipped,
     Failed,
 }
@@ -125,6 +127,7 @@ impl Outcome {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     pub downloaded: u64,
+    pub unchanged: u64,
     pub skipped: u64,
     pub failed: u64,
     /// Bytes received over the network.
@@ -140,6 +143,7 @@ impl Summary {
     pub fn add(&mut self, outcome: &Outcome) {
         match outcome.status {
             Status::Downloaded => self.downloaded += 1,
+            Status::Unchanged => self.unchanged += 1,
             Status::Skipped => self.skipped += 1,
             Status::Failed => self.failed += 1,
         }

@@ -39,6 +39,7 @@ use crate::progress::TransferProgress;
 use crate::redact;
 use crate::retry;
 use crate::shutdown::Shutdown;
+use crate::validators::Condition;
 
 /// A chain of this many redirects succeeds; one more is an error, as curl
 /// and wget count them.
@@ -110,6 +111,9 @@ pub enum Attempted {
     /// (a `200`, nothing read of its body yet) is to be continued as a
     /// split download.
     Segments(Response),
+    /// The condition held: the file on disk is the server's
+    /// ([`crate::validators`]).
+    Unchanged,
 }
 
 /// What one attempt is about.
@@ -127,6 +131,9 @@ pub struct Target<'a> {
     /// Split large files; `None` when splitting is off or this file is known
     /// to be too small.
     pub split: Option<SplitPolicy>,
+    /// `--refresh`: the condition sent, on every hop (the validator is the
+    /// final server's).
+    pub condition: Option<&'a Condition>,
 }
 
 /// A `Range` request header and its `If-Range`.
@@ -159,13 +166,20 @@ pub async fn attempt(
     };
     let status = response.status();
     state.http_status = Some(status.as_u16());
+    let etag = header_str(response.headers(), header::ETAG);
+    if let Some(condition) = target.condition
+        && (status == StatusCode::NOT_MODIFIED
+            || status == StatusCode::OK && condition.same_file(etag.as_deref(), response.content_length()))
+    {
+        return Ok(Attempted::Unchanged);
+    }
     match status {
         StatusCode::OK => {
             if ranged {
                 progress.restarted(state.offset);
             }
             state.reset();
-            state.etag = header_str(response.headers(), header::ETAG);
+            state.etag = etag;
             state.last_modified = header_str(response.headers(), header::LAST_MODIFIED);
             state.total = response.content_length();
             check_size(target, state.total)?;
@@ -354,6 +368,9 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
         let mut request = client.get(bare).headers(headers);
         if let Some((user, password)) = own.basic {
             request = request.basic_auth(user, password);
+        }
+        if let Some((name, value)) = target.condition.map(Condition::header) {
+            request = request.header(name, value.clone());
         }
         if let Some(RangeRequest { start, end, if_range }) = range {
             let value = match end {

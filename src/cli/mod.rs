@@ -26,7 +26,7 @@ Manifest lines:
                                  checksums: md5, sha1, sha256, sha512 (each given is verified)
   # comment                      blank lines and comments are ignored
 
-Exit status: 0 all downloaded or skipped, 1 some entry failed, 2 usage error,
+Exit status: 0 all downloaded, unchanged or skipped, 1 some entry failed, 2 usage error,
 130/143 interrupted (partial files are kept and resumed by the next run).
 
 Defaults: options are read first from a config file, one long option per line
@@ -67,6 +67,12 @@ pub struct Cli {
     /// Download entries whose destination exists and replace the file once the new one is complete.
     #[arg(long, help_heading = "Destinations")]
     pub overwrite: bool,
+
+    /// Ask the server whether an existing destination changed (a conditional GET with the
+    /// ETag or Last-Modified stored with the file, else its mtime): unchanged (304) is
+    /// left as it is, a new version replaces it once complete.
+    #[arg(long, conflicts_with = "overwrite", help_heading = "Destinations")]
+    pub refresh: bool,
 
     /// Downloads in flight at once.
     #[arg(short = 'j', long, value_name = "N", default_value_t = 16,

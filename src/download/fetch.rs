@@ -24,6 +24,7 @@ use crate::report::Outcome;
 use crate::retry::{self, Budget, Class};
 use crate::segments;
 use crate::transfer::{self, Attempted, State, Target};
+use crate::validators::{Condition, Validators};
 
 /// One entry's transfer, from its partial file's first byte to its last.
 struct Transfer<'a> {
@@ -36,12 +37,24 @@ struct Transfer<'a> {
     split: Option<SplitPolicy>,
     progress: Arc<TransferProgress>,
     state: State,
+    /// `--refresh`: the condition for the file on disk.
+    condition: Option<Condition>,
+}
+
+/// How the attempts for a file ended well.
+pub(super) enum Fetched {
+    /// Every byte is in the partial file, verified.
+    Complete(Partial),
+    /// The server's file is the one on disk (`--refresh`).
+    Unchanged,
 }
 
 /// Where an attempt left the entry.
 enum Step {
     /// Every byte is in the partial file, verified.
     Complete,
+    /// The condition held: nothing to download.
+    Unchanged,
     /// The server answered ranges of a split download wrongly: the file
     /// restarts as one plain stream.
     Unsplit,
@@ -63,7 +76,8 @@ pub(super) async fn fetch(
     mut partial: Partial,
     slot: &mut Option<Slot>,
     outcome: &mut Outcome,
-) -> Result<Partial, DownloadError> {
+    condition: Option<Condition>,
+) -> Result<Fetched, DownloadError> {
     let dest = &entry.dest;
     let host = host_key(&entry.url);
     let mut t = Transfer {
@@ -74,6 +88,7 @@ pub(super) async fn fetch(
         headers: merged_headers(&ctx.headers, &entry.headers),
         split: ctx.net.split.filter(|p| entry.size.is_none_or(|size| size >= p.min_size)),
         state: State::for_entry(&entry.checksums),
+        condition,
     };
     let mut resumed =
         resume_or_truncate(entry, ctx, &mut partial, &mut t.state).map_err(partial_error(dest))?;
@@ -99,7 +114,15 @@ pub(super) async fn fetch(
                 if let Some(time) = modified.filter(|_| ctx.remote_time) {
                     partial.set_modified(time);
                 }
-                return Ok(partial);
+                let state = &t.state;
+                partial
+                    .set_validators(Validators::new(state.etag.as_deref(), state.last_modified.as_deref()));
+                return Ok(Fetched::Complete(partial));
+            }
+            Step::Unchanged => {
+                // Bytes of another version an earlier run left are no use.
+                partial.discard().map_err(partial_error(dest))?;
+                return Ok(Fetched::Unchanged);
             }
             Step::Spliced(_) if !restarted_for_checksum => {
                 restarted_for_checksum = true;
@@ -180,14 +203,20 @@ impl Transfer<'_> {
                     headers: &self.headers,
                     size: self.entry.size,
                     split: self.split,
+                    condition: self.condition.as_ref(),
                 };
                 let shutdown = &self.ctx.net.shutdown;
                 let attempted =
                     transfer::attempt(&target, &mut self.state, partial, &self.progress, shutdown);
-                attempted.await.map(|attempted| match attempted {
-                    Attempted::Complete => None,
-                    Attempted::Segments(first) => Some((Some(first), Vec::new())),
-                })
+                match attempted.await {
+                    Ok(Attempted::Unchanged) => {
+                        outcome.http_status = self.state.http_status;
+                        return Step::Unchanged;
+                    }
+                    Ok(Attempted::Complete) => Ok(None),
+                    Ok(Attempted::Segments(first)) => Ok(Some((Some(first), Vec::new()))),
+                    Err(error) => Err(error),
+                }
             }
         };
         let result = match attempted {

@@ -12,6 +12,8 @@
 
 mod fetch;
 
+use fetch::Fetched;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,12 +23,13 @@ use reqwest::header::HeaderMap;
 use crate::commit::Committer;
 use crate::dest::{self, DestTree, Found};
 use crate::error::{AttemptError, DownloadError};
-use crate::fsx::{Committed, Opened, Partial};
+use crate::fsx::{Committed, Dir, Opened, Partial};
 use crate::manifest::{Entry, LineError};
 use crate::net::Net;
 use crate::pool::{Gate, Keyed, KeyedPermit, Slot, Ticket};
 use crate::report::{Outcome, SkipReason, Status};
 use crate::retry::{self, Class};
+use crate::validators::{self, Condition, Plan};
 
 /// What every download of a run shares.
 #[derive(Debug)]
@@ -38,6 +41,8 @@ pub struct Context {
     pub tree: DestTree,
     pub headers: HeaderMap,
     pub overwrite: bool,
+    /// `--refresh`: an existing file is asked about with a condition.
+    pub refresh: bool,
     pub resume: bool,
     /// Give files the server's `Last-Modified` as their mtime.
     pub remote_time: bool,
@@ -114,6 +119,8 @@ const OUT_OF_DESCRIPTORS_WAIT: Duration = Duration::from_millis(50);
 /// How an entry ended, but for failures.
 enum Done {
     Downloaded,
+    /// `--refresh`: the server's file is the one in place.
+    Unchanged,
     Skipped(SkipReason),
     /// Interrupted before it began: not reported.
     NotStarted,
@@ -124,6 +131,7 @@ fn record(outcome: &mut Outcome, result: Result<Done, DownloadError>) -> Option<
     match result {
         Ok(Done::NotStarted) => return None,
         Ok(Done::Downloaded) => outcome.status = Status::Downloaded,
+        Ok(Done::Unchanged) => outcome.status = Status::Unchanged,
         Ok(Done::Skipped(reason)) => {
             outcome.status = Status::Skipped;
             outcome.skip = Some(reason);
@@ -150,6 +158,8 @@ struct Claimed {
     partial: Partial,
     /// The destination holds a file of the wrong size: replace it.
     replace: bool,
+    /// `--refresh`: the condition for the file in place, replaced if it fails.
+    condition: Option<Condition>,
     /// The wait for its first slot, if its host was paused or down.
     waited: Duration,
 }
@@ -164,11 +174,15 @@ async fn run(
         Ok(claimed) => claimed,
         Err(done) => return Ok(done),
     };
-    let Claimed { permit, mut slot, partial, replace, waited } = claimed;
+    let Claimed { permit, mut slot, partial, replace, condition, waited } = claimed;
     outcome.waited += waited;
     let transfer_started = Instant::now();
-    let partial = fetch::fetch(entry, ctx, partial, &mut slot, outcome).await?;
+    let fetched = fetch::fetch(entry, ctx, partial, &mut slot, outcome, condition).await?;
     outcome.transfer = Some(transfer_started.elapsed());
+    let Fetched::Complete(partial) = fetched else {
+        permit.mark_done();
+        return Ok(Done::Unchanged);
+    };
     let dest = &entry.dest;
     let pending = ctx
         .committer
@@ -207,7 +221,8 @@ async fn claim(
     let shutdown = &ctx.net.shutdown;
     // Not looked for where this run knows it cannot be: a system call per
     // entry saved, 10% of the CPU on 1-byte files in new directories.
-    let unknown = !ctx.overwrite && ctx.tree.may_exist(dest);
+    // A refresh looks later, from the directory's handle (`validators::plan`).
+    let unknown = !ctx.overwrite && !ctx.refresh && ctx.tree.may_exist(dest);
     let mut found = if unknown { dest::look(dest, entry.size) } else { Found::Nothing };
     if found == Found::Keep {
         return Ok(Err(Done::Skipped(SkipReason::Exists)));
@@ -237,7 +252,7 @@ async fn claim(
     }
     // An earlier entry for this destination may have placed it between the
     // look above and this turn; the filter tells, and only then the disk.
-    if !ctx.overwrite && !unknown && ctx.tree.may_have_placed(dest) {
+    if !ctx.overwrite && !ctx.refresh && !unknown && ctx.tree.may_have_placed(dest) {
         found = dest::look(dest, entry.size);
         if found == Found::Keep {
             return Ok(Err(Done::Skipped(SkipReason::Exists)));
@@ -259,11 +274,29 @@ async fn claim(
     }
     match Partial::open(parent.handle.clone(), dest, !parent.fresh).map_err(partial_error(dest))? {
         Opened::Locked(partial) => {
-            let replace = found == Found::WrongSize;
-            Ok(Ok(Claimed { permit, slot: Some(slot), partial, replace, waited }))
+            let (replace, condition) = match refresh(entry, ctx, &parent.handle)? {
+                _ if !ctx.refresh => (found == Found::WrongSize, None),
+                Some(Plan::Keep) => return Ok(Err(Done::Skipped(SkipReason::Exists))),
+                None | Some(Plan::Download) => (false, None),
+                Some(Plan::Replace) => (true, None),
+                Some(Plan::Ask(condition)) => (true, Some(condition)),
+            };
+            Ok(Ok(Claimed { permit, slot: Some(slot), partial, replace, condition, waited }))
         }
         Opened::Busy => Ok(Err(Done::Skipped(SkipReason::LockedByOtherProcess))),
     }
+}
+
+/// `--refresh`: what to do with the file at the entry's destination,
+/// looked at through its directory's handle; `None` without `--refresh`
+/// or where the run knows there is none.
+fn refresh(entry: &Entry, ctx: &Context, dir: &Dir) -> Result<Option<Plan>, DownloadError> {
+    if !ctx.refresh || !ctx.tree.may_exist(&entry.dest) {
+        return Ok(None);
+    }
+    let name = entry.dest.file_name().unwrap_or_default();
+    let plan = validators::plan(dir, name, entry.size).map_err(AttemptError::Disk)?;
+    Ok(Some(plan))
 }
 
 fn partial_error(dest: &Path) -> impl Fn(std::io::Error) -> DownloadError + '_ {

@@ -13,7 +13,9 @@ use std::time::SystemTime;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::place::{Complete, PartFile, Staged, set_modified};
+use crate::validators::Validators;
+
+use super::place::{Complete, PartFile, Staged, stamp};
 use super::{
     Committed, DIRECT_WRITE, Dir, LOCK_TRIES, LockedElsewhere, META_MAX, Meta, Names, WRITE_BUFFER,
     WRITEBACK_EVERY, meta_text, remove_if_exists, remove_meta,
@@ -45,6 +47,8 @@ pub struct Partial {
     /// The modification time to give the finished file (the server's
     /// `Last-Modified`), set after its last write.
     modified: Option<SystemTime>,
+    /// The server's validators, stored with the finished file.
+    validators: Option<Box<Validators>>,
 }
 
 #[derive(Debug)]
@@ -189,6 +193,7 @@ impl Partial {
             meta_on_disk: false,
             dev: 0,
             modified: None,
+            validators: None,
         };
         if !look {
             return Ok(Opened::Locked(partial));
@@ -387,10 +392,13 @@ impl Partial {
     /// not be written (ENOSPC, EIO) cannot be trusted for resume.
     pub fn finish(mut self) -> io::Result<Complete> {
         let Some(mut file) = self.file.take() else {
-            let Partial { buf, dir, names, modified, .. } = self;
-            return Ok(Complete::Buffered { bytes: buf, dir, names, modified });
+            let Partial { buf, dir, names, modified, validators, .. } = self;
+            let validators = validators.map(|v| *v).unwrap_or_default();
+            return Ok(Complete::Buffered { bytes: buf, dir, names, modified, validators });
         };
-        let written = file.write_all(&self.buf).and_then(|()| set_modified(&file, self.modified));
+        let written = file.write_all(&self.buf).and_then(|()| {
+            stamp(&file, self.modified, &self.validators.take().map(|v| *v).unwrap_or_default())
+        });
         let Partial { dir, names, meta_on_disk, dev, .. } = self;
         let staged = Staged { file, dev, dir, names, part: Some(PartFile { meta_on_disk }) };
         match written {
@@ -405,6 +413,11 @@ impl Partial {
     /// Give the finished file `time` as its modification time.
     pub fn set_modified(&mut self, time: SystemTime) {
         self.modified = Some(time);
+    }
+
+    /// Store `validators` with the finished file ([`crate::validators`]).
+    pub fn set_validators(&mut self, validators: Validators) {
+        self.validators = Some(Box::new(validators));
     }
 
     /// Flush to disk and move into place, one file on its own (blocking:

@@ -13,14 +13,16 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
 use super::partial::create_part;
 use super::{Committed, Dir, DirectoryRemoved, Names, remove_if_exists, remove_meta, sync_dir};
+use crate::validators::Validators;
 
 /// A finished download.
 #[derive(Debug)]
 pub enum Complete {
     /// In its part file.
     Staged(Staged),
-    /// Never left the buffer: no file yet; `modified` is for the file.
-    Buffered { bytes: Vec<u8>, dir: Dir, names: Names, modified: Option<SystemTime> },
+    /// Never left the buffer: no file yet; `modified` and `validators`
+    /// are for the file.
+    Buffered { bytes: Vec<u8>, dir: Dir, names: Names, modified: Option<SystemTime>, validators: Validators },
 }
 
 impl Complete {
@@ -29,13 +31,15 @@ impl Complete {
     /// name of its own, a lock or cleaning up after a crash; else (and to
     /// replace a file, which a link cannot) a locked part file.
     pub fn stage(self, overwrite: bool) -> io::Result<Staged> {
-        let (bytes, dir, names, modified) = match self {
+        let (bytes, dir, names, modified, validators) = match self {
             Complete::Staged(staged) => return Ok(staged),
-            Complete::Buffered { bytes, dir, names, modified } => (bytes, dir, names, modified),
+            Complete::Buffered { bytes, dir, names, modified, validators } => {
+                (bytes, dir, names, modified, validators)
+            }
         };
         if !overwrite {
             match unnamed(&dir, &bytes)
-                .and_then(|(file, dev)| set_modified(&file, modified).map(|()| (file, dev)))
+                .and_then(|(file, dev)| stamp(&file, modified, &validators).map(|()| (file, dev)))
             {
                 Ok((file, dev)) => return Ok(Staged { file, dev, dir, names, part: None }),
                 Err(e) if unnamed_unsupported(&e) => {}
@@ -44,7 +48,7 @@ impl Complete {
         }
         let (file, dev) = create_part(&dir, &names).map_err(|e| DirectoryRemoved::check(&dir, e))?;
         let staged = Staged { file, dev, dir, names, part: Some(PartFile { meta_on_disk: false }) };
-        match staged.file.write_all_at(&bytes, 0).and_then(|()| set_modified(&staged.file, modified)) {
+        match staged.file.write_all_at(&bytes, 0).and_then(|()| stamp(&staged.file, modified, &validators)) {
             Ok(()) => Ok(staged),
             Err(e) => {
                 staged.discard();
@@ -54,8 +58,10 @@ impl Complete {
     }
 }
 
-/// Give `file` its modification time, after its last write.
-pub(super) fn set_modified(file: &File, modified: Option<SystemTime>) -> io::Result<()> {
+/// Give `file` its validators and modification time, after its last write
+/// and before it is placed, so that they arrive with its bytes.
+pub(super) fn stamp(file: &File, modified: Option<SystemTime>, validators: &Validators) -> io::Result<()> {
+    crate::validators::store(file, validators);
     modified.map_or(Ok(()), |time| file.set_modified(time))
 }
 

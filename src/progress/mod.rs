@@ -193,6 +193,7 @@ impl Reporter {
                     human_duration(outcome.transfer.unwrap_or(outcome.elapsed))
                 ));
             }
+            Status::Unchanged => self.line(format_args!("unchanged   {path}")),
             Status::Skipped => {
                 let reason = outcome.skip.map_or("skipped", |s| s.as_str());
                 self.line(format_args!("skipped     {path}  ({reason})"));
@@ -206,8 +207,12 @@ impl Reporter {
             bars.stop();
         }
         let secs = elapsed.as_secs_f64().max(1e-3);
+        let unchanged = match summary.unchanged {
+            0 => String::new(),
+            n => format!(", {n} unchanged"),
+        };
         self.line(format_args!(
-            "fetch: {} downloaded, {} skipped, {} failed; {} in {} ({}/s)",
+            "fetch: {} downloaded{unchanged}, {} skipped, {} failed; {} in {} ({}/s)",
             summary.downloaded,
             summary.skipped,
             summary.failed,

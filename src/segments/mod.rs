@@ -129,6 +129,7 @@ impl Shared {
             headers: &self.resource.headers,
             size: None,
             split: None,
+            condition: None,
         }
     }
 

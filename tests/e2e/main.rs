@@ -14,6 +14,7 @@ mod limits;
 mod manifest;
 mod network;
 mod output;
+mod refresh;
 mod resilience;
 mod server;
 mod split;

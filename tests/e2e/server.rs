@@ -33,6 +33,8 @@ use tokio::time::Sleep;
 pub mod host;
 #[path = "server/tls.rs"]
 pub mod tls;
+#[path = "server/refresh.rs"]
+pub mod refresh;
 
 /// Deterministic pseudo-random content: same seed, same bytes.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
@@ -75,6 +77,8 @@ pub struct Route {
     pub headers: Vec<(String, String)>,
     /// After one response, serve this route instead (the file changed).
     pub then: Option<Box<Route>>,
+    /// Answer conditional requests (`refresh.rs`); otherwise ignore them.
+    pub conditional: bool,
 }
 
 impl Route {
@@ -465,6 +469,9 @@ fn respond(
         && headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str())
     {
         return plain(StatusCode::FORBIDDEN, "missing required header");
+    }
+    if let Some(response) = refresh::not_modified(route, headers) {
+        return (response, 304);
     }
     if let Some(location) = &route.redirect {
         let (mut response, _) = plain(StatusCode::FOUND, "moved");
