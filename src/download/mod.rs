@@ -11,6 +11,7 @@
 //! entry fails, are the job of the `fetch` submodule.
 
 mod fetch;
+mod mirror;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +28,8 @@ use crate::net::Net;
 use crate::pool::{Gate, Keyed, KeyedPermit, Slot, Ticket};
 use crate::report::{Outcome, SkipReason, Status};
 use crate::retry::{self, Class};
+
+pub use mirror::start_host;
 
 /// What every download of a run shares.
 #[derive(Debug)]
@@ -71,7 +74,7 @@ pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>, waited: D
     let limits = &ctx.net.limits;
     let result = loop {
         let generation = limits.generation();
-        let ticket = ticket.take().unwrap_or_else(|| limits.ticket(&host_key(&entry.url)));
+        let ticket = ticket.take().unwrap_or_else(|| limits.ticket(&start_host(&entry, limits)));
         let result = run(&entry, ticket, &ctx, &mut outcome).await;
         let Err(error) = &result else { break result };
         if error.is_directory_removed() && !std::mem::replace(&mut vanished, true) {
@@ -225,7 +228,7 @@ async fn claim(
             let Some(permit) = shutdown.unless_cancelled(acquire).await else {
                 return Ok(Err(Done::NotStarted));
             };
-            ticket = ctx.net.limits.ticket(&host_key(&entry.url));
+            ticket = ctx.net.limits.ticket(&start_host(entry, &ctx.net.limits));
             permit
         }
     };
@@ -248,7 +251,12 @@ async fn claim(
     let Some(slot) = shutdown.unless_cancelled(ticket.slot()).await else {
         return Ok(Err(Done::NotStarted));
     };
-    let slot = slot.map_err(AttemptError::from)?;
+    let slot = match slot {
+        Ok(slot) => Some(slot),
+        // Its host went: the entry's other URLs may serve it (`fetch`).
+        Err(_) if !entry.mirrors.is_empty() => None,
+        Err(gone) => return Err(AttemptError::from(gone).into()),
+    };
     let waited = if blocked { asked.elapsed() } else { Duration::ZERO };
     // Opened with a slot, not before: the entries waiting in the lookahead
     // hold no directory descriptors (with `ulimit -n 20` those alone ran
@@ -260,7 +268,7 @@ async fn claim(
     match Partial::open(parent.handle.clone(), dest, !parent.fresh).map_err(partial_error(dest))? {
         Opened::Locked(partial) => {
             let replace = found == Found::WrongSize;
-            Ok(Ok(Claimed { permit, slot: Some(slot), partial, replace, waited }))
+            Ok(Ok(Claimed { permit, slot, partial, replace, waited }))
         }
         Opened::Busy => Ok(Err(Done::Skipped(SkipReason::LockedByOtherProcess))),
     }

@@ -395,16 +395,19 @@ mod tests {
         let cases: &[(&str, Check)] = &[
             (&many(MAX_URLS + 1), |e| *e == LineError::TooManyUrls),
             (r#"{"urls": []}"#, |e| matches!(e, LineError::Urls(m) if m.contains("empty"))),
-            (r#"{"url": "http://a/x", "urls": ["http://b/x"]}"#, |e| {
-                matches!(e, LineError::Urls(m) if m.contains("not both"))
-            }),
+            (
+                r#"{"url": "http://a/x", "urls": ["http://b/x"]}"#,
+                |e| matches!(e, LineError::Urls(m) if m.contains("not both")),
+            ),
             (r#"{"urls": ["http://a/x", "ftp://b/x"]}"#, |e| matches!(e, LineError::Scheme(_))),
-            (r#"{"urls": ["http://a/x", "http://u:hunter2@[b/x"]}"#, |e| {
-                matches!(e, LineError::BadUrl { url, .. } if !url.contains("hunter2"))
-            }),
-            (r#"{"urls": ["http://a/x", "http://a/x#f"]}"#, |e| {
-                matches!(e, LineError::Urls(m) if m.contains("twice"))
-            }),
+            (
+                r#"{"urls": ["http://a/x", "http://u:hunter2@[b/x"]}"#,
+                |e| matches!(e, LineError::BadUrl { url, .. } if !url.contains("hunter2")),
+            ),
+            (
+                r#"{"urls": ["http://a/x", "http://a/x#f"]}"#,
+                |e| matches!(e, LineError::Urls(m) if m.contains("twice")),
+            ),
             (r#"{"urls": "http://a/x"}"#, |e| matches!(e, LineError::Json(_))),
             (r#"{"urls": ["http://a/"]}"#, |e| matches!(e, LineError::Dest(DestError::NoNameInUrl))),
         ];

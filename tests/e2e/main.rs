@@ -8,6 +8,7 @@ mod host_output;
 mod hostile_output;
 mod hosts;
 mod manifest;
+mod mirrors;
 mod network;
 mod output;
 mod resilience;
