@@ -17,8 +17,8 @@ use crate::dest::{DestTree, create_dirs};
 use crate::manifest::Source;
 use crate::retry::RetryPolicy;
 use crate::shard::Shard;
-use crate::tls::{Tls, TlsError, TlsFiles};
 use crate::sums::{Sums, SumsError};
+use crate::tls::{Tls, TlsError, TlsFiles};
 
 #[derive(Debug)]
 pub struct Config {

@@ -10,7 +10,9 @@
 //! Entries of a host that is paused or down wait aside, in a queue per host
 //! (at most [`PARKED_MAX`] in all), and downloads waiting for such a host
 //! do not count against the lookahead: healthy hosts keep their pace. A
-//! gone host's entries fail at once ([`crate::hosts`]).
+//! gone host's entries fail at once ([`crate::hosts`]). An entry with
+//! several URLs goes by the host it starts with ([`download::start_host`]),
+//! and goes on to its other URLs rather than fail with one gone host.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -87,7 +89,7 @@ impl Dispatcher {
             }
             while self.has_room() {
                 if let Some((entry, parked)) = self.ready.pop_front() {
-                    let host = download::host_key(&entry.url);
+                    let host = download::start_host(&entry, &self.ctx.net.limits);
                     self.spawn(entry, &host, parked.elapsed());
                 } else if self.parked_len < PARKED_MAX
                     && let Some(item) = unstarted.next()
@@ -140,7 +142,7 @@ impl Dispatcher {
     fn start(&mut self, item: Item) {
         match item {
             Item::Entry(entry) => {
-                let host = download::host_key(&entry.url);
+                let host = download::start_host(&entry, &self.ctx.net.limits);
                 if let Some(queue) = self.parked.get_mut(&host) {
                     queue.push_back((*entry, Instant::now()));
                     self.parked_len += 1;
@@ -152,6 +154,8 @@ impl Dispatcher {
                         self.parked.entry(host).or_default().push_back((*entry, Instant::now()));
                         self.parked_len += 1;
                     }
+                    // Its other URLs' hosts are gone too: the download names each.
+                    Gate::Gone(_) if !entry.mirrors.is_empty() => self.spawn(*entry, &host, Duration::ZERO),
                     Gate::Gone(unavailable) => self.fail(&entry, Duration::ZERO, unavailable),
                 }
             }
@@ -194,7 +198,12 @@ impl Dispatcher {
                     let queue = self.parked.remove(&host).unwrap_or_default();
                     self.parked_len -= queue.len();
                     for (entry, parked) in queue {
-                        self.fail(&entry, parked.elapsed(), unavailable.clone());
+                        if entry.mirrors.is_empty() {
+                            self.fail(&entry, parked.elapsed(), unavailable.clone());
+                        } else {
+                            // Another of its URLs may serve it.
+                            self.ready.push_back((entry, parked));
+                        }
                     }
                 }
             }

@@ -103,6 +103,33 @@ pub enum DownloadError {
     Checksum(Box<crate::digest::Mismatch>),
     #[error("size mismatch: the manifest says {expected} bytes, the server sent {actual}")]
     Size { expected: u64, actual: u64 },
+    /// An entry with several URLs failed at every one of them.
+    #[error("every URL failed: {}", list(.0))]
+    Mirrors(Vec<UrlFailure>),
+}
+
+/// One URL of an entry with several, and why it was left for the next.
+#[derive(Debug)]
+pub struct UrlFailure {
+    /// Password redacted.
+    pub url: String,
+    pub why: Left,
+}
+
+/// Why a URL was left.
+#[derive(Debug, thiserror::Error)]
+pub enum Left {
+    /// Its last failure.
+    #[error(transparent)]
+    Failed(DownloadError),
+    /// Passed over untried: its host was down and a later URL remained.
+    #[error("host {0} is down; not tried")]
+    Down(String),
+}
+
+fn list(failures: &[UrlFailure]) -> String {
+    let each: Vec<String> = failures.iter().map(|f| format!("{}: {}", f.url, f.why)).collect();
+    each.join("; ")
 }
 
 impl DownloadError {

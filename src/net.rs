@@ -54,6 +54,9 @@ pub struct Failure<'a> {
     pub host: &'a str,
     pub dest: &'a Path,
     pub attempt: u32,
+    /// Another URL of the entry remains: a host that does not answer is
+    /// left for it rather than waited for.
+    pub fallback: bool,
 }
 
 impl Net {
@@ -92,7 +95,8 @@ impl Net {
     /// when the failure is transient and `budget` lasts; otherwise the
     /// failure stands, or Ctrl-C came during the wait. A failure that was
     /// the host's (paused, unreachable) spends nothing and waits for the
-    /// host instead, in [`Net::slot`].
+    /// host instead, in [`Net::slot`], unless it is down and another URL
+    /// remains ([`Failure::fallback`]).
     pub async fn retry(
         &self,
         budget: &mut Budget,
@@ -118,6 +122,9 @@ impl Net {
                 && budget.host_fault(self.limits.answers(failure.host));
         }
         let host_wait = host_fault && failure.class == Class::Transient;
+        if host_wait && failure.fallback && failure.trouble == Some(Trouble::Unreachable) {
+            return Err(Stop::GaveUp);
+        }
         let wait = if host_wait {
             // The wait is the host's: until its pause ends, or (down) until
             // a probe may go, which the slot's wait decides.

@@ -81,6 +81,9 @@ pub struct Outcome {
     /// ([`crate::hosts`]): set aside by the dispatcher, for a slot, or
     /// after a failure that was the host's.
     pub waited: Duration,
+    /// The URL that served the file (password redacted), for an entry
+    /// with several `urls`.
+    pub served_by: Option<String>,
 }
 
 impl Outcome {
@@ -100,6 +103,7 @@ impl Outcome {
             transfer: None,
             resumed_from: 0,
             waited: Duration::ZERO,
+            served_by: None,
         }
     }
 
@@ -119,6 +123,7 @@ impl Outcome {
             transfer: None,
             resumed_from: 0,
             waited: Duration::ZERO,
+            served_by: None,
         }
     }
 }
@@ -178,6 +183,8 @@ struct Record<'a> {
     elapsed_ms: u128,
     resumed_from: u64,
     waited_ms: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    served_by: Option<&'a str>,
 }
 
 /// JSON with the characters [`redact::unprintable`] finds written as
@@ -235,6 +242,7 @@ impl Report {
             elapsed_ms: outcome.elapsed.as_millis(),
             resumed_from: outcome.resumed_from,
             waited_ms: outcome.waited.as_millis(),
+            served_by: outcome.served_by.as_deref(),
         };
         let mut json = serde_json::Serializer::with_formatter(&mut self.out, Escaping);
         record.serialize(&mut json).map_err(io::Error::other)?;

@@ -9,8 +9,10 @@
 
 use std::sync::Arc;
 
+use reqwest::Url;
 use reqwest::header::HeaderMap;
 
+use super::mirror::{self, Walk};
 use super::{Context, host_key, partial_error};
 use crate::config::SplitPolicy;
 use crate::error::{AttemptError, DownloadError};
@@ -30,6 +32,8 @@ use crate::validators::{Condition, Validators};
 struct Transfer<'a> {
     entry: &'a Entry,
     ctx: &'a Arc<Context>,
+    /// The URL in use: the entry's first, or another of its `urls`.
+    url: &'a Url,
     host: String,
     headers: HeaderMap,
     /// Split large files; `None` once a split failed or this file is known
@@ -69,7 +73,8 @@ enum Step {
 }
 
 /// Run attempts until the file is complete and verified in `partial`, or
-/// the failure stands; then the partial is settled ([`settle`]).
+/// the failure stands at every URL of the entry; then the partial is
+/// settled ([`settle`]).
 pub(super) async fn fetch(
     entry: &Entry,
     ctx: &Arc<Context>,
@@ -79,10 +84,13 @@ pub(super) async fn fetch(
     condition: Option<Condition>,
 ) -> Result<Fetched, DownloadError> {
     let dest = &entry.dest;
-    let host = host_key(&entry.url);
+    let mut walk = Walk::new(entry, &ctx.net.limits);
+    let url = walk.url();
+    let host = host_key(url);
     let mut t = Transfer {
         entry,
         ctx,
+        url,
         progress: Arc::new(ctx.net.reporter.transfer(dest, &host)),
         host,
         headers: merged_headers(&ctx.headers, &entry.headers),
@@ -91,7 +99,7 @@ pub(super) async fn fetch(
         condition,
     };
     let mut resumed =
-        resume_or_truncate(entry, ctx, &mut partial, &mut t.state).map_err(partial_error(dest))?;
+        resume_or_truncate(entry, ctx, url, &mut partial, &mut t.state).map_err(partial_error(dest))?;
     outcome.resumed_from = match &resumed {
         Some(done) => done.iter().map(|[s, e]| e - s).sum(),
         None => t.state.offset,
@@ -101,7 +109,16 @@ pub(super) async fn fetch(
     let (error, class) = loop {
         match ctx.net.slot(&t.host, slot).await {
             Ok(waited) => outcome.waited += waited,
-            Err(error) => break (error.into(), Class::Cancelled),
+            Err(error) => match t.fall_back(
+                &mut walk,
+                (error.into(), Class::Cancelled, false),
+                &mut partial,
+                slot,
+                &mut budget,
+            )? {
+                Some(stands) => break stands,
+                None => continue,
+            },
         }
         if !ctx.resume && t.state.offset > 0 {
             // --no-resume: a retry starts from zero too, without Range.
@@ -117,6 +134,7 @@ pub(super) async fn fetch(
                 let state = &t.state;
                 partial
                     .set_validators(Validators::new(state.etag.as_deref(), state.last_modified.as_deref()));
+                outcome.served_by = walk.served_by();
                 return Ok(Fetched::Complete(partial));
             }
             Step::Unchanged => {
@@ -135,7 +153,10 @@ pub(super) async fn fetch(
             }
             Step::Final(error) => {
                 let class = retry::classify(&error);
-                break (error, class);
+                match t.fall_back(&mut walk, (error, class, true), &mut partial, slot, &mut budget)? {
+                    Some(stands) => break stands,
+                    None => continue,
+                }
             }
             Step::Spliced(error) | Step::Failed(error) => error,
         };
@@ -153,17 +174,23 @@ pub(super) async fn fetch(
             host: &t.host,
             dest,
             attempt: outcome.attempts,
+            fallback: walk.has_next(),
         };
         let retried = ctx.net.retry(&mut budget, failure, slot).await;
         outcome.waited += std::mem::take(&mut budget.host_waited);
         match retried {
             Ok(()) => {}
-            Err(Stop::GaveUp) => break (error, class),
+            Err(Stop::GaveUp) => {
+                match t.fall_back(&mut walk, (error, class, false), &mut partial, slot, &mut budget)? {
+                    Some(stands) => break stands,
+                    None => continue,
+                }
+            }
             Err(Stop::Cancelled) => break (AttemptError::Cancelled.into(), Class::Cancelled),
         }
     };
     settle(partial, class).map_err(partial_error(dest))?;
-    Err(error)
+    Err(walk.finish(error))
 }
 
 /// What becomes of the partial file of an entry that failed with `class`:
@@ -178,7 +205,41 @@ fn settle(partial: Partial, class: Class) -> std::io::Result<()> {
     }
 }
 
-impl Transfer<'_> {
+impl<'a> Transfer<'a> {
+    /// After `stood` (the error, its class, and whether it ended a split
+    /// download) ended the attempts at the URL in use: go on at the next
+    /// URL if the walk leaves this one (`None`), with the bytes on disk
+    /// when [`mirror::may_continue`] says so, a fresh retry budget and a
+    /// slot of the next host; else the failure stands.
+    fn fall_back(
+        &mut self,
+        walk: &mut Walk<'a>,
+        stood: (DownloadError, Class, bool),
+        partial: &mut Partial,
+        slot: &mut Option<Slot>,
+        budget: &mut Budget,
+    ) -> Result<Option<(DownloadError, Class)>, DownloadError> {
+        let (error, class, split) = stood;
+        if !walk.leaves(&error) {
+            return Ok(Some((error, class)));
+        }
+        let keep = mirror::may_continue(&error, &self.state, split);
+        let from = redact::url(self.url);
+        let url = walk.advance(error, &self.ctx.net.limits);
+        let dest = &self.entry.dest;
+        self.ctx.net.reporter.fallback(dest, &from, &redact::url(url));
+        drop(slot.take());
+        self.url = url;
+        self.host = host_key(url);
+        self.progress = Arc::new(self.ctx.net.reporter.transfer(dest, &self.host));
+        self.split = self.ctx.net.split.filter(|p| self.entry.size.is_none_or(|size| size >= p.min_size));
+        if !keep {
+            self.restart(partial).map_err(partial_error(dest))?;
+        }
+        *budget = Budget::new(self.ctx.net.retry, self.state.offset);
+        Ok(None)
+    }
+
     /// One attempt (or, for a split file, one round of ranged requests),
     /// accounted in `outcome` and verified.
     async fn step(
@@ -199,7 +260,7 @@ impl Transfer<'_> {
                 let target = Target {
                     net: &self.ctx.net,
                     host: &self.host,
-                    url: &self.entry.url,
+                    url: self.url,
                     headers: &self.headers,
                     size: self.entry.size,
                     split: self.split,
@@ -259,11 +320,11 @@ impl Transfer<'_> {
         let state = &mut self.state;
         let total = state.total.expect("only files of known length are split");
         let resource = segments::Resource {
-            url: self.entry.url.clone(),
+            url: self.url.clone(),
             headers: self.headers.clone(),
             host: self.host.clone(),
             dest: self.entry.dest.clone(),
-            meta: state.meta(&self.entry.url),
+            meta: state.meta(self.url),
             total,
             if_range: state.if_range().expect("only files with a validator are split").to_owned(),
         };
@@ -303,12 +364,13 @@ impl Transfer<'_> {
 }
 
 /// Trust the bytes of an earlier run only when their meta names the same
-/// URL and a validator the server can confirm with `If-Range`. On return
+/// URL (or another of the entry's, [`mirror::may_resume`]) and a validator the server can confirm with `If-Range`. On return
 /// `state` describes what is kept: a prefix of `state.offset` bytes, or
 /// (`Some`) the ranges of a split download, the file at its full length.
 fn resume_or_truncate(
     entry: &Entry,
     ctx: &Context,
+    url: &Url,
     partial: &mut Partial,
     state: &mut State,
 ) -> std::io::Result<Option<Vec<[u64; 2]>>> {
@@ -317,7 +379,7 @@ fn resume_or_truncate(
     }
     let meta = partial.meta().filter(|m| {
         ctx.resume
-            && m.url == redact::url(&entry.url)
+            && mirror::may_resume(entry, url, m)
             && (m.etag.is_some() || m.last_modified.is_some())
             && m.total.is_none_or(|t| t >= partial.len())
     });

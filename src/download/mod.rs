@@ -11,6 +11,7 @@
 //! entry fails, are the job of the `fetch` submodule.
 
 mod fetch;
+mod mirror;
 
 use fetch::Fetched;
 
@@ -30,6 +31,8 @@ use crate::pool::{Gate, Keyed, KeyedPermit, Slot, Ticket};
 use crate::report::{Outcome, SkipReason, Status};
 use crate::retry::{self, Class};
 use crate::validators::{self, Condition, Plan};
+
+pub use mirror::start_host;
 
 /// What every download of a run shares.
 #[derive(Debug)]
@@ -76,7 +79,7 @@ pub async fn download(entry: Entry, ticket: Ticket, ctx: Arc<Context>, waited: D
     let limits = &ctx.net.limits;
     let result = loop {
         let generation = limits.generation();
-        let ticket = ticket.take().unwrap_or_else(|| limits.ticket(&host_key(&entry.url)));
+        let ticket = ticket.take().unwrap_or_else(|| limits.ticket(&start_host(&entry, limits)));
         let result = run(&entry, ticket, &ctx, &mut outcome).await;
         let Err(error) = &result else { break result };
         if error.is_directory_removed() && !std::mem::replace(&mut vanished, true) {
@@ -240,7 +243,7 @@ async fn claim(
             let Some(permit) = shutdown.unless_cancelled(acquire).await else {
                 return Ok(Err(Done::NotStarted));
             };
-            ticket = ctx.net.limits.ticket(&host_key(&entry.url));
+            ticket = ctx.net.limits.ticket(&start_host(entry, &ctx.net.limits));
             permit
         }
     };
@@ -263,7 +266,12 @@ async fn claim(
     let Some(slot) = shutdown.unless_cancelled(ticket.slot()).await else {
         return Ok(Err(Done::NotStarted));
     };
-    let slot = slot.map_err(AttemptError::from)?;
+    let slot = match slot {
+        Ok(slot) => Some(slot),
+        // Its host went: the entry's other URLs may serve it (`fetch`).
+        Err(_) if !entry.mirrors.is_empty() => None,
+        Err(gone) => return Err(AttemptError::from(gone).into()),
+    };
     let waited = if blocked { asked.elapsed() } else { Duration::ZERO };
     // Opened with a slot, not before: the entries waiting in the lookahead
     // hold no directory descriptors (with `ulimit -n 20` those alone ran
@@ -281,7 +289,7 @@ async fn claim(
                 Some(Plan::Replace) => (true, None),
                 Some(Plan::Ask(condition)) => (true, Some(condition)),
             };
-            Ok(Ok(Claimed { permit, slot: Some(slot), partial, replace, condition, waited }))
+            Ok(Ok(Claimed { permit, slot, partial, replace, condition, waited }))
         }
         Opened::Busy => Ok(Err(Done::Skipped(SkipReason::LockedByOtherProcess))),
     }

@@ -31,6 +31,10 @@ pub enum LineError {
     Checksum(#[from] HexError),
     #[error("the line's {algorithm} contradicts {listed}, which gives another for {path:?}")]
     ChecksumConflict { algorithm: Algorithm, listed: Origin, path: String },
+    #[error("invalid \"urls\": {0}")]
+    Urls(&'static str),
+    #[error("invalid \"urls\": more than {MAX_URLS} URLs")]
+    TooManyUrls,
     #[error("invalid header {name:?}: {reason}")]
     Header { name: String, reason: &'static str },
     /// Not quoted: what is not a header name may be a secret.
@@ -59,6 +63,8 @@ pub enum LineError {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Spec {
     pub url: Url,
+    /// The URLs after the first of a JSON line's `urls`, in order.
+    pub mirrors: Vec<Url>,
     pub path: String,
     pub dest: PathBuf,
     pub size: Option<u64>,
@@ -71,6 +77,7 @@ impl Spec {
     pub(super) fn into_entry(self, location: Location) -> Entry {
         Entry {
             url: self.url,
+            mirrors: self.mirrors,
             path: self.path,
             dest: self.dest,
             size: self.size,
@@ -84,7 +91,8 @@ impl Spec {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonLine {
-    url: String,
+    url: Option<String>,
+    urls: Option<Vec<String>>,
     path: Option<String>,
     size: Option<u64>,
     md5: Option<String>,
@@ -127,7 +135,7 @@ pub fn parse_line(line: &str, rules: &Rules) -> Result<Option<Spec>, LineError> 
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
     }
-    let (url, path, size, checksums, headers) = if line.starts_with('{') {
+    let (urls, path, size, checksums, headers) = if line.starts_with('{') {
         let json: JsonLine = serde_json::from_str(line)
             .map_err(|e| LineError::Json(crate::redact::json_error(&e.to_string())))?;
         let checksums = json_checksums(&json)?;
@@ -141,17 +149,20 @@ pub fn parse_line(line: &str, rules: &Rules) -> Result<Option<Spec>, LineError> 
         if let Some((name, _)) = headers.iter().find(|(name, _)| !seen.insert(name)) {
             return Err(LineError::Header { name: name.to_string(), reason: "given more than once" });
         }
-        (parse_url(&json.url)?, json.path, json.size, checksums, headers)
+        (json_urls(json.url, json.urls)?, json.path, json.size, checksums, headers)
     } else {
         let (url, path) = split_plain(line)?;
-        (parse_url(url)?, path.map(str::to_owned), None, Vec::new(), Vec::new())
+        (vec![parse_url(url)?], path.map(str::to_owned), None, Vec::new(), Vec::new())
     };
+    let mut urls = urls.into_iter();
+    let url = urls.next().expect("a line has a URL");
+    let mirrors = urls.collect();
     let path = match path {
         Some(path) => path,
         None => dest::name_from_url(&url)?,
     };
     let dest = rules.resolve(&path)?;
-    Ok(Some(Spec { url, path, dest, size, checksums, headers }))
+    Ok(Some(Spec { url, mirrors, path, dest, size, checksums, headers }))
 }
 
 /// The line's `md5`, `sha1`, `sha256`, `sha512`: any of them, each verified.
@@ -168,6 +179,34 @@ fn json_checksums(json: &JsonLine) -> Result<Vec<Expected>, HexError> {
             Ok(Expected { checksum: Checksum::parse(algorithm, hex)?, origin: Origin::Manifest })
         })
         .collect()
+}
+
+/// The most URLs one line may give: each may cost its own retries, and a
+/// longer list is more likely a mistake than a mirror list.
+pub const MAX_URLS: usize = 16;
+
+/// A JSON line's URLs: `url`, or the non-empty list `urls`, never both.
+fn json_urls(url: Option<String>, urls: Option<Vec<String>>) -> Result<Vec<Url>, LineError> {
+    let urls = match (url, urls) {
+        (Some(url), None) => return Ok(vec![parse_url(&url)?]),
+        (None, Some(urls)) => urls,
+        (Some(_), Some(_)) => return Err(LineError::Urls("give \"url\" or \"urls\", not both")),
+        (None, None) => return Err(LineError::Json("missing field `url` (or `urls`)".into())),
+    };
+    if urls.is_empty() {
+        return Err(LineError::Urls("the list is empty"));
+    }
+    if urls.len() > MAX_URLS {
+        return Err(LineError::TooManyUrls);
+    }
+    let urls: Vec<Url> = urls.iter().map(|url| parse_url(url)).collect::<Result<_, _>>()?;
+    // The fragment is never sent: `#a` and `#b` are the same request.
+    let bare = |url: &Url| url.as_str().split('#').next().unwrap_or_default().to_owned();
+    let mut seen = HashSet::new();
+    if !urls.iter().all(|url| seen.insert(bare(url))) {
+        return Err(LineError::Urls("a URL is given twice"));
+    }
+    Ok(urls)
 }
 
 /// Split a trimmed plain line into `URL` and `PATH`: the URL ends at the
@@ -357,6 +396,47 @@ mod tests {
         // The JSON form takes any path.
         let s = parse(r#"{"url": "http://h/with%20space.txt", "path": "a  b\tc"}"#).unwrap().unwrap();
         assert_eq!(s.path, "a  b\tc");
+    }
+
+    #[test]
+    fn urls_give_the_first_url_and_its_mirrors() {
+        let s = parse(r#"{"urls": ["http://a/d/x.bin", "https://b/y/z.bin"]}"#).unwrap().unwrap();
+        assert_eq!(s.url.as_str(), "http://a/d/x.bin");
+        assert_eq!(s.mirrors.iter().map(Url::as_str).collect::<Vec<_>>(), ["https://b/y/z.bin"]);
+        assert_eq!(s.path, "x.bin", "named after the first URL");
+        let s = parse(r#"{"urls": ["http://a/x"], "path": "p"}"#).unwrap().unwrap();
+        assert!(s.mirrors.is_empty());
+        assert!(parse("http://a/x").unwrap().unwrap().mirrors.is_empty());
+
+        let many = |n: usize| {
+            let urls: Vec<String> = (0..n).map(|i| format!("\"http://h{i}/x\"")).collect();
+            format!(r#"{{"urls": [{}]}}"#, urls.join(","))
+        };
+        assert_eq!(parse(&many(MAX_URLS)).unwrap().unwrap().mirrors.len(), MAX_URLS - 1);
+        type Check = fn(&LineError) -> bool;
+        let cases: &[(&str, Check)] = &[
+            (&many(MAX_URLS + 1), |e| *e == LineError::TooManyUrls),
+            (r#"{"urls": []}"#, |e| matches!(e, LineError::Urls(m) if m.contains("empty"))),
+            (
+                r#"{"url": "http://a/x", "urls": ["http://b/x"]}"#,
+                |e| matches!(e, LineError::Urls(m) if m.contains("not both")),
+            ),
+            (r#"{"urls": ["http://a/x", "ftp://b/x"]}"#, |e| matches!(e, LineError::Scheme(_))),
+            (
+                r#"{"urls": ["http://a/x", "http://u:hunter2@[b/x"]}"#,
+                |e| matches!(e, LineError::BadUrl { url, .. } if !url.contains("hunter2")),
+            ),
+            (
+                r#"{"urls": ["http://a/x", "http://a/x#f"]}"#,
+                |e| matches!(e, LineError::Urls(m) if m.contains("twice")),
+            ),
+            (r#"{"urls": "http://a/x"}"#, |e| matches!(e, LineError::Json(_))),
+            (r#"{"urls": ["http://a/"]}"#, |e| matches!(e, LineError::Dest(DestError::NoNameInUrl))),
+        ];
+        for (line, check) in cases {
+            let err = parse(line).expect_err(line);
+            assert!(check(&err), "{line:?} gave {err:?}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use reqwest::Url;
 use reqwest::header::HeaderMap;
 
-pub use line::{LineError, Spec, parse_line};
+pub use line::{LineError, MAX_URLS, Spec, parse_line};
 pub use reader::Reader;
 pub use source::{Recount, Source};
 
@@ -47,7 +47,12 @@ impl fmt::Display for Location {
 /// One download the manifest asks for.
 #[derive(Debug)]
 pub struct Entry {
+    /// The URL, or the first of a JSON line's `urls`: the one the
+    /// destination is named after and the entry is known by.
     pub url: Url,
+    /// The other URLs of `urls`, tried in order when the ones before fail
+    /// (`crate::download`'s `mirror`); empty for most entries.
+    pub mirrors: Vec<Url>,
     /// The destination as the manifest gives it or as derived from the URL,
     /// before joining `--dir`: the key for `--shard`.
     pub path: String,
@@ -59,6 +64,13 @@ pub struct Entry {
     pub checksums: Vec<crate::digest::Expected>,
     pub headers: HeaderMap,
     pub location: Location,
+}
+
+impl Entry {
+    /// Every URL of the entry, in the order they are tried.
+    pub fn urls(&self) -> impl Iterator<Item = &Url> {
+        std::iter::once(&self.url).chain(&self.mirrors)
+    }
 }
 
 /// What the reader sends: an entry, or a line that could not be one.

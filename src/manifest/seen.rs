@@ -20,7 +20,9 @@ use super::{Location, Spec};
 /// drawn at random for each run (SipHash): the chance that a line is wrongly
 /// refused is about 2^-64, and no manifest can be crafted to cause it.
 /// The same URL twice for one destination is harmless (the second is skipped
-/// as already downloaded) and is not reported.
+/// as already downloaded) and is not reported. A line with several `urls`
+/// is known by its first, the URL it prefers: two lines that list the same
+/// mirrors in another order are two downloads of one destination.
 pub(super) struct Seen {
     hasher: RandomState,
     dests: Box<[u64]>,

@@ -133,6 +133,14 @@ impl Reporter {
         }
     }
 
+    /// An entry leaves the URL `from` for `to`, another of its `urls`:
+    /// logged with `-v` (the failure was, as a retry).
+    pub fn fallback(&self, dest: &Path, from: &str, to: &str) {
+        if self.verbosity >= Verbosity::Verbose {
+            self.line(format_args!("mirror      {}: leaving {from} for {to}", dest.display()));
+        }
+    }
+
     /// A host's state changed ([`crate::hosts`]): logged with `-v`. Its
     /// owner tells each change once; only "gone", which every entry of the
     /// host meets, may come again, and is logged once.
@@ -184,6 +192,10 @@ impl Reporter {
                 let resumed = match outcome.resumed_from {
                     0 => String::new(),
                     n => format!(", resumed at {}", human_bytes(n)),
+                };
+                let resumed = match &outcome.served_by {
+                    Some(url) if outcome.url.as_ref() != Some(url) => format!("{resumed}, from {url}"),
+                    _ => resumed,
                 };
                 // The transfer's own time: not the wait for a slot, nor for
                 // the commit of a batch that other files are in.

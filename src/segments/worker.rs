@@ -93,6 +93,8 @@ async fn fetch_piece(
             host: &shared.resource.host,
             dest: &shared.resource.dest,
             attempt: shared.requests.load(Ordering::Relaxed),
+            // A split file's ranges stay on the URL that served its first response.
+            fallback: false,
         };
         match shared.net.retry(&mut budget, failure, slot).await {
             Ok(()) => {}

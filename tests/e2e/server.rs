@@ -31,10 +31,10 @@ use tokio::time::Sleep;
 // The path spelled out: rustfmt looks for a plain `mod host;` beside this file.
 #[path = "server/host.rs"]
 pub mod host;
-#[path = "server/tls.rs"]
-pub mod tls;
 #[path = "server/refresh.rs"]
 pub mod refresh;
+#[path = "server/tls.rs"]
+pub mod tls;
 
 /// Deterministic pseudo-random content: same seed, same bytes.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
@@ -223,7 +223,11 @@ impl Server {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                let socket = match ip {
+                    IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                    IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+                }
+                .unwrap();
                 socket.set_reuseaddr(true).unwrap();
                 // Accepted sockets inherit it.
                 if let Some(bytes) = send_buffer {

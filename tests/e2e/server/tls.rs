@@ -40,7 +40,7 @@ impl Server {
         };
         let config = builder.with_single_cert(certs, key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let mut server = Server::start_with(ip, Some(acceptor));
+        let mut server = Server::start_with(ip, Some(acceptor), None);
         server.scheme = "https";
         server
     }
