@@ -81,21 +81,7 @@ fn expand(
     if matches.subcommand().is_some() || matches.get_flag("no_config") {
         return Ok(args.to_vec());
     }
-    let explicit = matches.get_one::<PathBuf>("config").cloned();
-    let explicit = explicit.or_else(|| var(env, "FETCH_CONFIG").map(PathBuf::from));
-    let required = explicit.is_some();
-    let path = explicit.or_else(|| default_path(var(env, "XDG_CONFIG_HOME"), var(env, "HOME")));
-    let file = match path {
-        Some(path) => match read(&path, required)? {
-            Some(text) => file_settings(&cmd, &text).map_err(|(line, reason)| DefaultsError::Line {
-                path,
-                line,
-                reason,
-            })?,
-            None => Vec::new(),
-        },
-        None => Vec::new(),
-    };
+    let file = config_file(&cmd, &matches, env, read)?;
     let vars = env_settings(&cmd, env).map_err(|(var, reason)| DefaultsError::Var { var, reason })?;
     // The command line's own options, to hide what they replace: their
     // arguments stay where they are, and non-empty `args` stands for "on".
@@ -119,6 +105,24 @@ fn expand(
     }
     out.extend(args.iter().skip(1).cloned());
     Ok(out)
+}
+
+/// The settings of the config file: the one --config or FETCH_CONFIG
+/// names (which must exist), else the default one, if it exists.
+fn config_file(
+    cmd: &clap::Command,
+    matches: &ArgMatches,
+    env: &[(OsString, OsString)],
+    read: impl FnOnce(&Path, bool) -> Result<Option<Vec<u8>>, DefaultsError>,
+) -> Result<Vec<Setting>, DefaultsError> {
+    let explicit = matches.get_one::<PathBuf>("config").cloned();
+    let explicit = explicit.or_else(|| var(env, "FETCH_CONFIG").map(PathBuf::from));
+    let required = explicit.is_some();
+    let Some(path) = explicit.or_else(|| default_path(var(env, "XDG_CONFIG_HOME"), var(env, "HOME"))) else {
+        return Ok(Vec::new());
+    };
+    let Some(text) = read(&path, required)? else { return Ok(Vec::new()) };
+    file_settings(cmd, &text).map_err(|(line, reason)| DefaultsError::Line { path, line, reason })
 }
 
 /// The command line parsed on its own, or `None` when it has an error of
