@@ -21,6 +21,7 @@ Manifest lines:
   URL PATH                       download URL to PATH (PATH may contain spaces)
   URL                            name the file after the URL's last path segment
   {\"url\": \"...\", \"path\": \"...\", \"size\": 123, \"sha256\": \"...\", \"headers\": {\"K\": \"V\"}}
+  {\"urls\": [\"...\", \"...\"], ...}  mirrors, tried in order when one fails
   # comment                      blank lines and comments are ignored
 
 Exit status: 0 all downloaded or skipped, 1 some entry failed, 2 usage error,
