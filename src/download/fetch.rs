@@ -202,10 +202,10 @@ impl<'a> Transfer<'a> {
             return Ok(Some((error, class)));
         }
         let keep = mirror::may_continue(&error, &self.state, split);
-        let from = redact::url(self.url);
+        let (from, why) = (redact::url(self.url), error.to_string());
         let url = walk.advance(error, &self.ctx.net.limits);
         let dest = &self.entry.dest;
-        self.ctx.net.reporter.fallback(dest, &from, &redact::url(url));
+        self.ctx.net.reporter.fallback(dest, &from, &why, &redact::url(url));
         drop(slot.take());
         self.url = url;
         self.host = host_key(url);

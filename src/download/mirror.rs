@@ -257,8 +257,8 @@ mod tests {
         let error = walk.finish(status(404)).to_string();
         assert_eq!(
             error,
-            "every URL failed: http://a/f: host a:80 is down; not tried; \
-             http://b/f: host b:80 is down; not tried; http://c/f: HTTP 404 Not Found"
+            "every URL failed: http://a/f: host a:80 is down, not tried; \
+             http://b/f: host b:80 is down, not tried; http://c/f: HTTP 404 Not Found"
         );
 
         let gone = limits_gone();

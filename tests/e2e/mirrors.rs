@@ -33,7 +33,8 @@ fn a_url_that_answers_404_falls_back_to_the_next_and_the_report_names_it() {
     assert_eq!(record["status"], "downloaded", "{record}");
     assert_eq!(record["url"], a.url("/f"), "the entry is known by its first URL");
     assert_eq!(record["served_by"], b.url("/f"), "{record}");
-    let leaving = format!("mirror      f: leaving {} for {}", a.url("/f"), b.url("/f"));
+    let leaving =
+        format!("mirror      f: {} failed: HTTP 404 Not Found; trying {}", a.url("/f"), b.url("/f"));
     assert!(out.stderr.contains(&leaving), "{}", out.stderr);
     assert!(out.stderr.contains(&format!(", from {}", b.url("/f"))), "{}", out.stderr);
 
