@@ -270,3 +270,72 @@ fn bad_urls_are_line_errors_and_the_other_lines_download() {
     assert_eq!(std::fs::read(tmp.path().join("ok")).unwrap(), body);
     assert_eq!(server.log().len(), 1, "no request for an invalid line");
 }
+
+#[test]
+fn entries_waiting_for_a_host_that_goes_are_served_by_their_other_urls() {
+    let (a, b) = (Server::start(), Server::start());
+    // A pauses for 2 s and is gone after 1 s of trouble: the entries
+    // waiting for a slot of A, and those read later and set aside for A
+    // (read because the plain entries of B between them finish meanwhile),
+    // go on to B rather than fail with A.
+    a.host_statuses(std::iter::repeat_n((429, Some("2")), 600));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut manifest = String::new();
+    for i in 0..300 {
+        let path = format!("/f{i}");
+        b.file(&path, i, 100);
+        manifest += &line(&[a.url(&path), b.url(&path)], &format!("f{i}"));
+        b.file(&format!("/g{i}"), i, 100);
+        manifest += &format!("{} g{i}\n", b.url(&format!("/g{i}")));
+    }
+    write(tmp.path(), "m.txt", &manifest);
+    let args = ["-j", "2", "--retry-max-delay", "2s", "--host-timeout", "1s", "--report", "r.jsonl", "m.txt"];
+    let out = run(fetch(tmp.path()).args(args));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let records = report(&tmp.path().join("r.jsonl"));
+    assert_eq!(records.len(), 600);
+    for i in 0..300 {
+        let record = &records[&format!("f{i}")];
+        assert_eq!(record["served_by"], b.url(&format!("/f{i}")), "{record}");
+    }
+    // The requests A saw (one per slot at most, sent before its first
+    // answer) were all answered 429, so A never answered.
+    let statuses: Vec<u16> = a.log().iter().map(|l| l.status).collect();
+    assert!(
+        !statuses.is_empty() && statuses.len() <= 2 && statuses.iter().all(|&s| s == 429),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn entries_read_when_every_host_of_theirs_is_gone_name_each_url() {
+    let c = Server::start();
+    let (dead1, dead2) = (refusing_addr(), refusing_addr());
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrored =
+        |i: usize| line(&[format!("http://{dead1}/f{i}"), format!("http://{dead2}/f{i}")], &format!("f{i}"));
+    // The first entry finds both hosts down; they are gone after 1 s. The
+    // slow entries of a healthy host after it hold the lookahead (80 with
+    // -j 1) for about 3 s, so the last entries are read after that.
+    let mut manifest = mirrored(0);
+    for i in 0..300 {
+        let path = format!("/g{i}");
+        c.route(&path, Route { delay: std::time::Duration::from_millis(10), ..Route::new("g") });
+        manifest += &format!("{} g{i}\n", c.url(&path));
+    }
+    for i in 1..20 {
+        manifest += &mirrored(i);
+    }
+    write(tmp.path(), "m.txt", &manifest);
+    let args = ["-j", "1", "--retry-delay", "10ms", "--host-timeout", "1s", "--report", "r.jsonl", "m.txt"];
+    let out = run(fetch(tmp.path()).args(args));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let records = report(&tmp.path().join("r.jsonl"));
+    assert_eq!(records.len(), 320);
+    for i in 0..20 {
+        let error = records[&format!("f{i}")]["error"].as_str().unwrap();
+        for dead in [dead1, dead2] {
+            assert!(error.contains(&format!("http://{dead}/f{i}: ")), "f{i}: {error}");
+        }
+    }
+}
