@@ -74,6 +74,10 @@ pub(super) async fn fetch(
     let mut walk = Walk::new(entry, &ctx.net.limits);
     let url = walk.url();
     let host = host_key(url);
+    if slot.as_ref().is_some_and(|slot| slot.host() != host) {
+        // Taken for another of the entry's URLs, whose host was better then.
+        drop(slot.take());
+    }
     let mut t = Transfer {
         entry,
         ctx,

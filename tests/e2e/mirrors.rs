@@ -56,14 +56,17 @@ fn a_host_that_refuses_connections_is_left_at_once_for_the_next() {
     let mut bodies = Vec::new();
     for i in 0..20 {
         let path = format!("/f{i}");
-        bodies.push(b.file(&path, i, 3_000));
+        let body = content(i, 3_000);
+        b.route(&path, Route { delay: std::time::Duration::from_millis(20), ..Route::new(body.clone()) });
+        bodies.push(body);
         manifest += &line(&[format!("http://{dead}{path}"), b.url(&path)], &format!("f{i}"));
     }
     write(tmp.path(), "m.txt", &manifest);
     // The default --host-timeout (10 minutes) is far beyond the command's
     // own limit of a minute: the run ends only if nothing waits for the
-    // dead host.
-    let out = run(fetch(tmp.path()).args(["-v", "--report", "r.jsonl", "m.txt"]));
+    // dead host. B has its own --per-host, whatever slots of the dead
+    // host the entries were given first.
+    let out = run(fetch(tmp.path()).args(["-v", "--per-host", "1", "--report", "r.jsonl", "m.txt"]));
     assert_eq!(out.code, Some(0), "{out:?}");
     let records = report(&tmp.path().join("r.jsonl"));
     for (i, body) in bodies.iter().enumerate() {
@@ -72,6 +75,7 @@ fn a_host_that_refuses_connections_is_left_at_once_for_the_next() {
         assert_eq!(records[&name]["served_by"], b.url(&format!("/f{i}")), "{}", records[&name]);
     }
     assert_eq!(b.log().len(), 20, "one request each");
+    assert_eq!(b.max_in_flight(), 1, "--per-host 1");
     assert!(out.stderr.contains(&format!("host        127.0.0.1:{}: down", dead.port())), "{}", out.stderr);
 }
 
