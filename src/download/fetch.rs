@@ -99,16 +99,13 @@ pub(super) async fn fetch(
     let (error, class) = loop {
         match ctx.net.slot(&t.host, slot).await {
             Ok(waited) => outcome.waited += waited,
-            Err(error) => match t.fall_back(
-                &mut walk,
-                (error.into(), Class::Cancelled, false),
-                &mut partial,
-                slot,
-                &mut budget,
-            )? {
-                Some(stands) => break stands,
-                None => continue,
-            },
+            Err(error) => {
+                let stood = (error.into(), Class::Cancelled, false);
+                match t.fall_back(&mut walk, stood, &mut partial, slot, &mut budget)? {
+                    Some(stands) => break stands,
+                    None => continue,
+                }
+            }
         }
         if !ctx.resume && t.state.offset > 0 {
             // --no-resume: a retry starts from zero too, without Range.
