@@ -4,7 +4,7 @@
 //! failure; the attempt loop (`fetch`) and the dispatcher only ask.
 //!
 //! The URLs are tried in the manifest's order, each at most once per entry:
-//! - A URL is left for the next when its failure stands ([`leaves`]): a
+//! - A URL is left for the next when its failure stands ([`Walk::leaves`]): a
 //!   permanent failure (`404`, `403`, `410`, any status not retried, a host
 //!   the DNS does not know, a bad redirect, a certificate error), its retry
 //!   budget spent on transient ones, a length or checksum that does not
