@@ -123,7 +123,7 @@ pub enum Left {
     #[error(transparent)]
     Failed(DownloadError),
     /// Passed over untried: its host was down and a later URL remained.
-    #[error("host {0} is down; not tried")]
+    #[error("host {0} is down, not tried")]
     Down(String),
 }
 

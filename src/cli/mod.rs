@@ -24,6 +24,7 @@ Manifest lines:
   URL                            name the file after the URL's last path segment
   {\"url\": \"...\", \"path\": \"...\", \"size\": 123, \"sha256\": \"...\", \"headers\": {\"K\": \"V\"}}
                                  checksums: md5, sha1, sha256, sha512 (each given is verified)
+  {\"urls\": [\"...\", \"...\"], ...}  mirrors, tried in order when one fails
   # comment                      blank lines and comments are ignored
 
 Exit status: 0 all downloaded, unchanged or skipped, 1 some entry failed, 2 usage error,

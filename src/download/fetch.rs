@@ -87,6 +87,10 @@ pub(super) async fn fetch(
     let mut walk = Walk::new(entry, &ctx.net.limits);
     let url = walk.url();
     let host = host_key(url);
+    if slot.as_ref().is_some_and(|slot| slot.host() != host) {
+        // Taken for another of the entry's URLs, whose host was better then.
+        drop(slot.take());
+    }
     let mut t = Transfer {
         entry,
         ctx,
@@ -109,16 +113,13 @@ pub(super) async fn fetch(
     let (error, class) = loop {
         match ctx.net.slot(&t.host, slot).await {
             Ok(waited) => outcome.waited += waited,
-            Err(error) => match t.fall_back(
-                &mut walk,
-                (error.into(), Class::Cancelled, false),
-                &mut partial,
-                slot,
-                &mut budget,
-            )? {
-                Some(stands) => break stands,
-                None => continue,
-            },
+            Err(error) => {
+                let stood = (error.into(), Class::Cancelled, false);
+                match t.fall_back(&mut walk, stood, &mut partial, slot, &mut budget)? {
+                    Some(stands) => break stands,
+                    None => continue,
+                }
+            }
         }
         if !ctx.resume && t.state.offset > 0 {
             // --no-resume: a retry starts from zero too, without Range.
@@ -224,10 +225,10 @@ impl<'a> Transfer<'a> {
             return Ok(Some((error, class)));
         }
         let keep = mirror::may_continue(&error, &self.state, split);
-        let from = redact::url(self.url);
+        let (from, why) = (redact::url(self.url), error.to_string());
         let url = walk.advance(error, &self.ctx.net.limits);
         let dest = &self.entry.dest;
-        self.ctx.net.reporter.fallback(dest, &from, &redact::url(url));
+        self.ctx.net.reporter.fallback(dest, &from, &why, &redact::url(url));
         drop(slot.take());
         self.url = url;
         self.host = host_key(url);

@@ -4,7 +4,7 @@
 //! failure; the attempt loop (`fetch`) and the dispatcher only ask.
 //!
 //! The URLs are tried in the manifest's order, each at most once per entry:
-//! - A URL is left for the next when its failure stands ([`leaves`]): a
+//! - A URL is left for the next when its failure stands ([`Walk::leaves`]): a
 //!   permanent failure (`404`, `403`, `410`, any status not retried, a host
 //!   the DNS does not know, a bad redirect, a certificate error), its retry
 //!   budget spent on transient ones, a length or checksum that does not
@@ -264,8 +264,8 @@ mod tests {
         let error = walk.finish(status(404)).to_string();
         assert_eq!(
             error,
-            "every URL failed: http://a/f: host a:80 is down; not tried; \
-             http://b/f: host b:80 is down; not tried; http://c/f: HTTP 404 Not Found"
+            "every URL failed: http://a/f: host a:80 is down, not tried; \
+             http://b/f: host b:80 is down, not tried; http://c/f: HTTP 404 Not Found"
         );
 
         let gone = limits_gone();

@@ -150,6 +150,11 @@ impl Slot {
     pub fn episode(&self) -> u64 {
         self.episode
     }
+
+    /// The host it is a slot of.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
 }
 
 impl Limits {

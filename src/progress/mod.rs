@@ -133,11 +133,11 @@ impl Reporter {
         }
     }
 
-    /// An entry leaves the URL `from` for `to`, another of its `urls`:
-    /// logged with `-v` (the failure was, as a retry).
-    pub fn fallback(&self, dest: &Path, from: &str, to: &str) {
+    /// An entry leaves the URL `from` after `error` for `to`, another of
+    /// its `urls`: logged with `-v`.
+    pub fn fallback(&self, dest: &Path, from: &str, error: &str, to: &str) {
         if self.verbosity >= Verbosity::Verbose {
-            self.line(format_args!("mirror      {}: leaving {from} for {to}", dest.display()));
+            self.line(format_args!("mirror      {}: {from} failed: {error}; trying {to}", dest.display()));
         }
     }
 

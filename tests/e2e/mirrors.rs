@@ -33,7 +33,8 @@ fn a_url_that_answers_404_falls_back_to_the_next_and_the_report_names_it() {
     assert_eq!(record["status"], "downloaded", "{record}");
     assert_eq!(record["url"], a.url("/f"), "the entry is known by its first URL");
     assert_eq!(record["served_by"], b.url("/f"), "{record}");
-    let leaving = format!("mirror      f: leaving {} for {}", a.url("/f"), b.url("/f"));
+    let leaving =
+        format!("mirror      f: {} failed: HTTP 404 Not Found; trying {}", a.url("/f"), b.url("/f"));
     assert!(out.stderr.contains(&leaving), "{}", out.stderr);
     assert!(out.stderr.contains(&format!(", from {}", b.url("/f"))), "{}", out.stderr);
 
@@ -55,14 +56,17 @@ fn a_host_that_refuses_connections_is_left_at_once_for_the_next() {
     let mut bodies = Vec::new();
     for i in 0..20 {
         let path = format!("/f{i}");
-        bodies.push(b.file(&path, i, 3_000));
+        let body = content(i, 3_000);
+        b.route(&path, Route { delay: std::time::Duration::from_millis(20), ..Route::new(body.clone()) });
+        bodies.push(body);
         manifest += &line(&[format!("http://{dead}{path}"), b.url(&path)], &format!("f{i}"));
     }
     write(tmp.path(), "m.txt", &manifest);
     // The default --host-timeout (10 minutes) is far beyond the command's
     // own limit of a minute: the run ends only if nothing waits for the
-    // dead host.
-    let out = run(fetch(tmp.path()).args(["-v", "--report", "r.jsonl", "m.txt"]));
+    // dead host. B has its own --per-host, whatever slots of the dead
+    // host the entries were given first.
+    let out = run(fetch(tmp.path()).args(["-v", "--per-host", "1", "--report", "r.jsonl", "m.txt"]));
     assert_eq!(out.code, Some(0), "{out:?}");
     let records = report(&tmp.path().join("r.jsonl"));
     for (i, body) in bodies.iter().enumerate() {
@@ -71,6 +75,7 @@ fn a_host_that_refuses_connections_is_left_at_once_for_the_next() {
         assert_eq!(records[&name]["served_by"], b.url(&format!("/f{i}")), "{}", records[&name]);
     }
     assert_eq!(b.log().len(), 20, "one request each");
+    assert_eq!(b.max_in_flight(), 1, "--per-host 1");
     assert!(out.stderr.contains(&format!("host        127.0.0.1:{}: down", dead.port())), "{}", out.stderr);
 }
 
@@ -268,4 +273,73 @@ fn bad_urls_are_line_errors_and_the_other_lines_download() {
     }
     assert_eq!(std::fs::read(tmp.path().join("ok")).unwrap(), body);
     assert_eq!(server.log().len(), 1, "no request for an invalid line");
+}
+
+#[test]
+fn entries_waiting_for_a_host_that_goes_are_served_by_their_other_urls() {
+    let (a, b) = (Server::start(), Server::start());
+    // A pauses for 2 s and is gone after 1 s of trouble: the entries
+    // waiting for a slot of A, and those read later and set aside for A
+    // (read because the plain entries of B between them finish meanwhile),
+    // go on to B rather than fail with A.
+    a.host_statuses(std::iter::repeat_n((429, Some("2")), 600));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut manifest = String::new();
+    for i in 0..300 {
+        let path = format!("/f{i}");
+        b.file(&path, i, 100);
+        manifest += &line(&[a.url(&path), b.url(&path)], &format!("f{i}"));
+        b.file(&format!("/g{i}"), i, 100);
+        manifest += &format!("{} g{i}\n", b.url(&format!("/g{i}")));
+    }
+    write(tmp.path(), "m.txt", &manifest);
+    let args = ["-j", "2", "--retry-max-delay", "2s", "--host-timeout", "1s", "--report", "r.jsonl", "m.txt"];
+    let out = run(fetch(tmp.path()).args(args));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let records = report(&tmp.path().join("r.jsonl"));
+    assert_eq!(records.len(), 600);
+    for i in 0..300 {
+        let record = &records[&format!("f{i}")];
+        assert_eq!(record["served_by"], b.url(&format!("/f{i}")), "{record}");
+    }
+    // The requests A saw (one per slot at most, sent before its first
+    // answer) were all answered 429, so A never answered.
+    let statuses: Vec<u16> = a.log().iter().map(|l| l.status).collect();
+    assert!(
+        !statuses.is_empty() && statuses.len() <= 2 && statuses.iter().all(|&s| s == 429),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn entries_read_when_every_host_of_theirs_is_gone_name_each_url() {
+    let c = Server::start();
+    let (dead1, dead2) = (refusing_addr(), refusing_addr());
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrored =
+        |i: usize| line(&[format!("http://{dead1}/f{i}"), format!("http://{dead2}/f{i}")], &format!("f{i}"));
+    // The first entry finds both hosts down; they are gone after 1 s. The
+    // slow entries of a healthy host after it hold the lookahead (80 with
+    // -j 1) for about 3 s, so the last entries are read after that.
+    let mut manifest = mirrored(0);
+    for i in 0..300 {
+        let path = format!("/g{i}");
+        c.route(&path, Route { delay: std::time::Duration::from_millis(10), ..Route::new("g") });
+        manifest += &format!("{} g{i}\n", c.url(&path));
+    }
+    for i in 1..20 {
+        manifest += &mirrored(i);
+    }
+    write(tmp.path(), "m.txt", &manifest);
+    let args = ["-j", "1", "--retry-delay", "10ms", "--host-timeout", "1s", "--report", "r.jsonl", "m.txt"];
+    let out = run(fetch(tmp.path()).args(args));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let records = report(&tmp.path().join("r.jsonl"));
+    assert_eq!(records.len(), 320);
+    for i in 0..20 {
+        let error = records[&format!("f{i}")]["error"].as_str().unwrap();
+        for dead in [dead1, dead2] {
+            assert!(error.contains(&format!("http://{dead}/f{i}: ")), "f{i}: {error}");
+        }
+    }
 }
