@@ -112,6 +112,39 @@ fn modules_form_no_cycle() {
     }
 }
 
+/// Whether a line begins a function: any visibility (`pub`, `pub(super)`,
+/// `pub(in path)`), then any of `const`, `async`, `unsafe`, then `fn`.
+fn declares_fn(line: &str) -> bool {
+    let mut rest = line;
+    if let Some(after) = rest.strip_prefix("pub") {
+        rest = match after.strip_prefix('(') {
+            Some(inner) => inner.split_once(')').map_or("", |(_, after)| after),
+            None => after,
+        }
+        .trim_start();
+    }
+    for qualifier in ["const ", "async ", "unsafe "] {
+        rest = rest.strip_prefix(qualifier).unwrap_or(rest);
+    }
+    rest.starts_with("fn ")
+}
+
+#[test]
+fn functions_are_found_whatever_their_qualifiers() {
+    for line in [
+        "fn a()",
+        "pub fn a()",
+        "pub(super) async fn a()",
+        "pub(in crate::x) const fn a()",
+        "async unsafe fn a()",
+    ] {
+        assert!(declares_fn(line), "{line}");
+    }
+    for line in ["let fn_ = 1;", "// fn a()", "pub struct Fn;", "fnord()"] {
+        assert!(!declares_fn(line), "{line}");
+    }
+}
+
 #[test]
 fn files_and_functions_are_short() {
     let mut long = Vec::new();
@@ -125,10 +158,7 @@ fn files_and_functions_are_short() {
         let all: Vec<&str> = text.lines().collect();
         for (i, line) in all.iter().enumerate() {
             let trimmed = line.trim_start();
-            let is_fn = ["fn ", "pub fn ", "async fn ", "pub async fn ", "pub(crate) fn ", "pub(super) fn "]
-                .iter()
-                .any(|p| trimmed.starts_with(p));
-            if !is_fn || trimmed.ends_with(';') {
+            if !declares_fn(trimmed) || trimmed.ends_with(';') {
                 continue;
             }
             let indent = &line[..line.len() - trimmed.len()];
