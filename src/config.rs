@@ -247,6 +247,9 @@ impl Config {
     }
 }
 
+/// The longest `--speed-time` window.
+const MAX_SPEED_TIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// `--limit-rate`, and the floor of `--speed-limit`/`--speed-time`: as
 /// curl's `-Y`/`-y`, a speed time alone means a floor of 1 byte/s, 30 s by
 /// default, and a speed limit of 0 is none. A floor at or over the rate
@@ -262,7 +265,9 @@ fn body_rates(cli: &Cli) -> Result<(Option<u64>, Option<SpeedFloor>), ConfigErro
         (None, Some(_)) => 1,
         (None, None) => 0,
     };
-    let time = cli.speed_time.map_or(Duration::from_secs(30), |t| t.0);
+    // A window longer than a year never ends in practice; capped, it
+    // cannot overflow the clock either.
+    let time = cli.speed_time.map_or(Duration::from_secs(30), |t| t.0).min(MAX_SPEED_TIME);
     let floor = (rate > 0).then_some(SpeedFloor { rate, time });
     if let (Some(floor), Some(limit)) = (floor, limit_rate)
         && floor.rate >= limit
@@ -412,4 +417,35 @@ fn read_headers(args: &[OsString]) -> Result<HeaderMap, ConfigError> {
         map.append(name, value);
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn body_rates_follow_curl_and_refuse_a_floor_over_the_limit() {
+        let secs = Duration::from_secs;
+        let floor = |rate, time| Some(SpeedFloor { rate, time });
+        type Rates = Option<(Option<u64>, Option<SpeedFloor>)>;
+        let cases: [(&[&str], Rates); 8] = [
+            (&[], Some((None, None))),
+            (&["--limit-rate", "1M"], Some((Some(1 << 20), None))),
+            (&["--speed-limit", "1K"], Some((None, floor(1024, secs(30))))),
+            (&["--speed-limit", "1K", "--speed-time", "2s"], Some((None, floor(1024, secs(2))))),
+            // curl -y alone: 1 byte per second.
+            (&["--speed-time", "5s"], Some((None, floor(1, secs(5))))),
+            (&["--speed-limit", "0", "--speed-time", "5s"], Some((None, None))),
+            (&["--speed-limit", "1M", "--limit-rate", "1M"], None),
+            (&["--limit-rate", "0"], None),
+        ];
+        for (args, want) in cases {
+            let cli = Cli::try_parse_from(["fetch"].iter().chain(args)).unwrap();
+            assert_eq!(body_rates(&cli).ok(), want, "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["fetch", "--speed-time", "2560000000000000h"]).unwrap();
+        assert_eq!(body_rates(&cli).unwrap().1.unwrap().time, MAX_SPEED_TIME);
+    }
 }
