@@ -340,7 +340,8 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
     let mut url = target.url.clone();
     for hop in 0..=MAX_REDIRECTS {
         let same_origin = url.origin() == origin;
-        let client = target.net.clients.for_url(&url).map_err(AttemptError::Http)?;
+        let split = range.is_some_and(|r| r.end.is_some());
+        let client = target.net.clients.for_url(&url, split).map_err(AttemptError::Http)?;
         // reqwest would turn user:pass@ into a second Authorization header
         // beside one the user gave: credentials are added here, once.
         let (bare, userinfo) = split_userinfo(&url);
