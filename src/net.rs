@@ -153,11 +153,13 @@ pub enum Stop {
 ///
 /// Plain `http` URLs have a client of their own that never loads the
 /// system's CA certificates; the `https` one is built at its first use.
-/// The ranges of a split download have an `https` client of their own that
-/// speaks HTTP/1.1 only: over HTTP/2 every range would be a stream of one
-/// connection, and `--max-connections-per-file` would open none.
 /// Loading them reads every file of `/etc/ssl/certs`: 20 ms of a run's start
 /// when they are not cached, for a manifest that may hold no `https` URL.
+///
+/// The ranges of a split download have an `https` client of their own (built
+/// at the first split) that speaks HTTP/1.1 only: over HTTP/2 every range
+/// would be a stream of one connection, and `--max-connections-per-file`
+/// would open none.
 #[derive(Debug)]
 pub struct Clients {
     plain: reqwest::Client,
