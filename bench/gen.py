@@ -15,6 +15,9 @@ work, scenario = sys.argv[1], sys.argv[2]
 count = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 www = os.path.join(work, "www")
 PLAIN, CAPPED, SLOW = "http://127.0.0.1:18080", "http://127.0.0.1:18081", "http://127.0.0.1:18082"
+# nginx over TLS, with the certificate run.sh makes: https-small and
+# https-large are small and large, the same files, fetched over HTTPS.
+HTTPS = "https://127.0.0.1:18443"
 # faultd.py's port, and one where nothing listens (verify.py knows both).
 FAULT, DEAD = "http://127.0.0.1:18083", "http://127.0.0.1:18099"
 FAULTS = {"ratelimit": 2000, "outage": 3000, "overloaded": 1000}
@@ -37,14 +40,15 @@ def make(path, size, seed):
 
 
 entries = []  # (url, path)
-if scenario == "small":
+if scenario in ("small", "https-small"):
+    base = PLAIN if scenario == "small" else HTTPS
     for i in range(2000):
         make(f"small/f{i}.bin", 16 * 1024, i)
-        entries.append((f"{PLAIN}/small/f{i}.bin", f"small/f{i}.bin"))
-elif scenario in ("large", "capped"):
+        entries.append((f"{base}/small/f{i}.bin", f"small/f{i}.bin"))
+elif scenario in ("large", "capped", "https-large"):
+    base = {"large": PLAIN, "capped": CAPPED, "https-large": HTTPS}[scenario]
     for i in range(4):
         make(f"large/f{i}.bin", 256 << 20, 1000 + i)
-        base = PLAIN if scenario == "large" else CAPPED
         entries.append((f"{base}/large/f{i}.bin", f"large/f{i}.bin"))
 elif scenario == "latency":
     for i in range(100):

@@ -7,7 +7,9 @@
 #   bench/run.sh                                   # every scenario, 3 runs each
 #   SCENARIOS="small latency" RUNS=5 bench/run.sh  # a subset
 #
-# Scenarios: small (2,000 x 16 KiB), large (4 x 256 MiB), capped (large at
+# Scenarios: small (2,000 x 16 KiB), large (4 x 256 MiB), https-small and
+# https-large (the same over TLS: nginx with a certificate of a CA made here,
+# HTTP/2 offered by ALPN, every tool given the CA), capped (large at
 # 25 MB/s per connection), latency (100 x 16 KiB, 50 ms each), many (200,000
 # x 1 byte in 200 folders), noop (many again, all present), bars (small with
 # progress bars on a pty vs -q), flat (peak RSS, 2,000,000-line manifest);
@@ -30,7 +32,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bench=$root/bench
 WORK=${BENCH_DIR:-/tmp/fetch-bench}
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-"small large capped latency many noop bars flat ratelimit ratelimit-nora outage deadhost overloaded refresh"}
+SCENARIOS=${SCENARIOS:-"small large https-small https-large capped latency many noop bars flat ratelimit ratelimit-nora outage deadhost overloaded refresh"}
 J=16
 
 need=()
@@ -44,7 +46,22 @@ fi
 cargo build --release --locked -q --manifest-path "$root/Cargo.toml"
 FETCH=$root/target/release/fetch
 
-mkdir -p "$WORK"/{www,m,logs}
+mkdir -p "$WORK"/{www,m,logs,tls}
+# A CA and a certificate for 127.0.0.1 that it signs (a self-signed one
+# from openssl req -x509 is a CA, which rustls refuses as a server's).
+CA=$WORK/tls/ca.pem
+if [ ! -s "$WORK/tls/server.pem" ]; then
+  (
+    cd "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj /CN=bench-ca \
+      -keyout ca.key -out ca.pem 2> /dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+      -keyout server.key -out server.csr 2> /dev/null
+    printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -set_serial 1 -days 3650 -extfile server.ext \
+      -out server.pem 2> /dev/null
+  )
+fi
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes 2;
 user root;
@@ -65,6 +82,12 @@ http {
   server {
     listen 127.0.0.1:18084; root $WORK/www/refresh;
     access_log $WORK/logs/refresh-access.log sent buffer=64k flush=100ms;
+  }
+  server {
+    listen 127.0.0.1:18443 ssl http2; root $WORK/www;
+    ssl_certificate $WORK/tls/server.pem; ssl_certificate_key $WORK/tls/server.key;
+    # TLS 1.3 as servers offer it today (nginx before 1.23.4 leaves it out).
+    ssl_protocols TLSv1.2 TLSv1.3;
   }
 }
 CONF
@@ -117,9 +140,9 @@ settle() {
 # served SCENARIO: the files nginx serves for it.
 served() {
   case $1 in
-    small | bars) echo "$WORK/www/small" ;;
+    small | https-small | bars) echo "$WORK/www/small" ;;
     latency) echo "$WORK/www/latency" ;;
-    large | capped) echo "$WORK/www/large" ;;
+    large | https-large | capped) echo "$WORK/www/large" ;;
     *) echo "$WORK/www/one.bin" ;;
   esac
 }
@@ -147,11 +170,17 @@ measure() {
   done
 }
 
-# peers SCENARIO N: every tool on one scenario's manifests.
+# peers SCENARIO N: every tool on one scenario's manifests; over https,
+# each given the CA by its own option.
 peers() {
   local s=$1 n=$2 m=$WORK/m/$1 out=$WORK/out
-  measure "$s" fetch "$out" "$m.fetch" "$n" "$FETCH" -q -j $J --dir "$out" "$m.fetch"
-  measure "$s" aria2c "$out" "$m.fetch" "$n" aria2c -q -j $J -x 1 -s 1 --file-allocation=none \
+  local fetch_ca=() aria2_ca=() curl_ca=() wget2_ca=()
+  if [[ $s == https-* ]]; then
+    fetch_ca=(--cacert "$CA") aria2_ca=(--ca-certificate="$CA") curl_ca=(--cacert "$CA")
+    wget2_ca=(--ca-certificate="$CA")
+  fi
+  measure "$s" fetch "$out" "$m.fetch" "$n" "$FETCH" -q -j $J "${fetch_ca[@]}" --dir "$out" "$m.fetch"
+  measure "$s" aria2c "$out" "$m.fetch" "$n" aria2c -q -j $J -x 1 -s 1 "${aria2_ca[@]}" --file-allocation=none \
     --auto-file-renaming=false --allow-overwrite=true --summary-interval=0 --dir "$out" -i "$m.aria2"
   if [ "$s" = capped ]; then
     # aria2c -j 16 -x 16 opens up to 16 connections per file, 64 for these
@@ -162,9 +191,10 @@ peers() {
       --dir "$out" -i "$m.aria2"
     measure "$s" "fetch -j 64" "$out" "$m.fetch" "$n" "$FETCH" -q -j 64 --dir "$out" "$m.fetch"
   fi
-  measure "$s" "curl --parallel" "$out" "$m.fetch" "$n" curl -s --parallel --parallel-max $J --create-dirs \
-    --output-dir "$out" -K "$m.curl"
-  measure "$s" wget2 "$out" "$m.fetch" "$n" wget2 -q --max-threads=$J -nH -x -P "$out" -i "$m.wget2"
+  measure "$s" "curl --parallel" "$out" "$m.fetch" "$n" curl -s --parallel --parallel-max $J "${curl_ca[@]}" \
+    --create-dirs --output-dir "$out" -K "$m.curl"
+  measure "$s" wget2 "$out" "$m.fetch" "$n" wget2 -q --max-threads=$J "${wget2_ca[@]}" -nH -x -P "$out" \
+    -i "$m.wget2"
 }
 
 # fault SCENARIO TOOL MANIFEST LIMIT SERVER CMD...: RUNS runs of CMD (cut
@@ -242,8 +272,9 @@ refresh_measure() {
 for s in $SCENARIOS; do
   echo "== $s" >&2
   case $s in
-    small | latency) python3 "$bench/gen.py" "$WORK" "$s"; peers "$s" $([ "$s" = small ] && echo 2000 || echo 100) ;;
-    large | capped) python3 "$bench/gen.py" "$WORK" "$s"; peers "$s" 4 ;;
+    small | https-small | latency)
+      python3 "$bench/gen.py" "$WORK" "$s"; peers "$s" $([ "$s" = latency ] && echo 100 || echo 2000) ;;
+    large | https-large | capped) python3 "$bench/gen.py" "$WORK" "$s"; peers "$s" 4 ;;
     many) python3 "$bench/gen.py" "$WORK" many; peers many 200000 ;;
     noop)
       # Every destination present: what a cron rerun costs. curl has no skip

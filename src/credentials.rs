@@ -1,5 +1,5 @@
 //! Secrets that belong to one host: `.netrc` entries (`--netrc`,
-//! `--netrc-file`) and `--header-for HOST HEADER`. [`Credentials::hop`] says
+//! `--netrc-file`) and `--header-for HOST HEADER`. [`Credentials::add`] says
 //! what a request to one URL carries, and is asked again at every hop of a
 //! redirect chain ([`crate::transfer`]), so a host's secrets reach that host
 //! only, whichever host the chain started at.
@@ -34,7 +34,7 @@ pub struct Credentials {
 /// What one request gets from [`Credentials`] beyond the user's own
 /// headers.
 #[derive(Debug, Default)]
-pub struct Hop {
+struct Hop {
     /// The `--header-for` headers of its host; they replace headers of the
     /// same name given with `-H` or in the manifest.
     pub headers: HeaderMap,
@@ -77,11 +77,28 @@ impl Credentials {
         Credentials { netrc, headers }
     }
 
-    /// What a request to `url` carries. `explicit` holds the user's headers
-    /// sent to it (none on another origin than the manifest URL's);
-    /// `userinfo` the credentials of its URL, or of the manifest URL on its
-    /// origin.
-    pub fn hop(&self, url: &Url, explicit: &HeaderMap, userinfo: Option<(String, Option<String>)>) -> Hop {
+    /// Add the `--header-for` headers of `url`'s host to `headers` (the
+    /// user's headers for it: none on another origin than the manifest
+    /// URL's), replacing those of the same name; and say which Basic
+    /// credentials it gets, given `userinfo`, those of its URL (or of the
+    /// manifest URL on its origin).
+    pub fn add(
+        &self,
+        url: &Url,
+        headers: &mut HeaderMap,
+        userinfo: Option<(String, Option<String>)>,
+    ) -> Option<(String, Option<String>)> {
+        let own = self.hop(url, headers, userinfo);
+        for name in own.headers.keys() {
+            headers.remove(name);
+        }
+        headers.extend(own.headers);
+        own.basic
+    }
+
+    /// What a request to `url` carries besides `explicit`, the user's
+    /// headers sent to it.
+    fn hop(&self, url: &Url, explicit: &HeaderMap, userinfo: Option<(String, Option<String>)>) -> Hop {
         let mut headers = HeaderMap::new();
         for (_, map) in self.headers.iter().filter(|(pattern, _)| pattern.matches(url)) {
             for name in map.keys() {

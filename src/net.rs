@@ -165,10 +165,16 @@ pub enum Stop {
 /// system's CA certificates; the `https` one is built at its first use.
 /// Loading them reads every file of `/etc/ssl/certs`: 20 ms of a run's start
 /// when they are not cached, for a manifest that may hold no `https` URL.
+///
+/// The ranges of a split download have an `https` client of their own (built
+/// at the first split) that speaks HTTP/1.1 only: over HTTP/2 every range
+/// would be a stream of one connection, and `--max-connections-per-file`
+/// would open none.
 #[derive(Debug)]
 pub struct Clients {
     plain: reqwest::Client,
     tls: OnceLock<reqwest::Client>,
+    ranges: OnceLock<reqwest::Client>,
     settings: Settings,
 }
 
@@ -223,19 +229,22 @@ impl Clients {
         };
         // No roots: this client is never asked to verify a certificate.
         let plain = settings.builder().tls_certs_only(Vec::new()).build()?;
-        Ok(Clients { plain, tls: OnceLock::new(), settings })
+        Ok(Clients { plain, tls: OnceLock::new(), ranges: OnceLock::new(), settings })
     }
 
-    /// The client for `url`'s scheme.
-    pub fn for_url(&self, url: &reqwest::Url) -> reqwest::Result<&reqwest::Client> {
+    /// The client for `url`'s scheme, and for a range of a split download
+    /// when `range` says so.
+    pub fn for_url(&self, url: &reqwest::Url, range: bool) -> reqwest::Result<&reqwest::Client> {
         if url.scheme() != "https" {
             return Ok(&self.plain);
         }
-        if let Some(client) = self.tls.get() {
+        let cell = if range { &self.ranges } else { &self.tls };
+        if let Some(client) = cell.get() {
             return Ok(client);
         }
         // Two first uses at once may both build; one client is kept.
-        let built = self.settings.tls_builder().build()?;
-        Ok(self.tls.get_or_init(|| built))
+        let builder = self.settings.tls_builder();
+        let built = if range { builder.http1_only() } else { builder }.build()?;
+        Ok(cell.get_or_init(|| built))
     }
 }

@@ -349,9 +349,10 @@ fn check_size(target: &Target<'_>, total: Option<u64>) -> Result<(), AttemptErro
 async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Response, AttemptError> {
     let origin = target.url.origin();
     let mut url = target.url.clone();
+    let split = range.is_some_and(|r| r.end.is_some());
     for hop in 0..=MAX_REDIRECTS {
         let same_origin = url.origin() == origin;
-        let client = target.net.clients.for_url(&url).map_err(AttemptError::Http)?;
+        let client = target.net.clients.for_url(&url, split).map_err(AttemptError::Http)?;
         // reqwest would turn user:pass@ into a second Authorization header
         // beside one the user gave: credentials are added here, once.
         let (bare, userinfo) = split_userinfo(&url);
@@ -360,13 +361,9 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
         // origin (as curl does); the hop's host's own secrets are added
         // whatever the origin ([`crate::credentials`] has the precedence).
         let userinfo = userinfo.or_else(|| same_origin.then(|| split_userinfo(target.url).1).flatten());
-        let own = target.net.credentials.hop(&url, &headers, userinfo);
-        for name in own.headers.keys() {
-            headers.remove(name);
-        }
-        headers.extend(own.headers);
+        let basic = target.net.credentials.add(&url, &mut headers, userinfo);
         let mut request = client.get(bare).headers(headers);
-        if let Some((user, password)) = own.basic {
+        if let Some((user, password)) = basic {
             request = request.basic_auth(user, password);
         }
         if let Some((name, value)) = target.condition.map(Condition::header) {

@@ -843,3 +843,55 @@ fn a_header_given_twice_in_a_line_is_refused() {
     assert_eq!((log[0].header("x-a"), log[0].header("x-b")), (Some("1"), Some("2")));
     assert_eq!(std::fs::read_dir(tmp.path().join("out")).unwrap().count(), 1);
 }
+
+// ---- netrc ------------------------------------------------------------------
+
+/// netrc text: its keywords, quotes, escapes, comments and line breaks in
+/// any order, among words that may be passwords, and any text at all.
+fn netrc_text() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        4 => prop::sample::select(vec![
+            "machine", "default", "login", "password", "account", "macdef", "\"", "\\", "#", "\n", "\n\n",
+            " ", "\t", "\r\n", "secret-pw", "\"quoted pw\"", "h.example",
+        ])
+        .prop_map(str::to_owned),
+        1 => any::<String>(),
+    ];
+    prop::collection::vec(token, 0..64).prop_map(|tokens| tokens.join(" "))
+}
+
+proptest! {
+    #![proptest_config(config(4096))]
+
+    /// Any text parses or is refused without a panic; a refusal names a
+    /// line of the text and quotes none of it.
+    #[test]
+    fn any_netrc_parses_or_names_a_line(text in netrc_text()) {
+        if let Err(error) = fetch::netrc::Netrc::parse(&text) {
+            prop_assert!(error.line >= 1 && error.line <= text.split('\n').count(), "{error:?}");
+            prop_assert!(!error.reason.contains("secret-pw"));
+        }
+    }
+
+    /// Entries written with quoted values read back as written, whatever
+    /// the values hold (spaces, keywords, quotes, `#`).
+    #[test]
+    fn quoted_netrc_values_read_back(
+        entries in prop::collection::vec(("[a-z]{1,8}", "[ -~]{0,12}", "[ -~]{0,12}"), 1..6)
+    ) {
+        let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        let text: String = entries
+            .iter()
+            .map(|(host, login, password)| {
+                format!("machine {host}\n  login {}\n  password {}\n", quote(login), quote(password))
+            })
+            .collect();
+        let netrc = fetch::netrc::Netrc::parse(&text).unwrap();
+        for (host, _, _) in &entries {
+            let first = entries.iter().find(|(h, _, _)| h == host).unwrap();
+            let got = netrc.lookup(host).unwrap();
+            prop_assert_eq!(got.login.as_deref(), Some(first.1.as_str()));
+            prop_assert_eq!(got.password.as_deref(), Some(first.2.as_str()));
+        }
+    }
+}

@@ -216,7 +216,7 @@ pub struct Cli {
     #[arg(long, help_heading = "Credentials")]
     pub netrc: bool,
 
-    /// The same with this netrc file.
+    /// Send each host the login and password that FILE, a netrc file, gives for it.
     #[arg(long, value_name = "FILE", conflicts_with = "netrc", help_heading = "Credentials")]
     pub netrc_file: Option<PathBuf>,
 

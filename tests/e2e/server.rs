@@ -93,6 +93,8 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct Logged {
     pub path: String,
+    /// HTTP/1.1, or HTTP/2 on a TLS server that offers it.
+    pub version: hyper::Version,
     pub headers: HeaderMap,
     pub status: u16,
     /// The body was to be cut after this many bytes.
@@ -259,7 +261,11 @@ impl Server {
                                 None => serve(serving, stream).await,
                                 Some(tls) => {
                                     if let Ok(stream) = tls.accept(stream).await {
-                                        serve(serving, stream).await;
+                                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                            tls::serve_h2(serving, stream).await;
+                                        } else {
+                                            serve(serving, stream).await;
+                                        }
                                     }
                                 }
                             }
@@ -427,6 +433,7 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody>
     let earlier_sent = log.iter().map(|l| (l.path.clone(), l.sent())).collect();
     log.push(Logged {
         path,
+        version: req.version(),
         headers: req.headers().clone(),
         status,
         cut: logged_cut,

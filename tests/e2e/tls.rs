@@ -123,3 +123,25 @@ fn ipv4_and_ipv6_only() {
     let (code, stderr) = get(&v4, tmp.path(), &["-4", "-6"], &[]);
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+#[test]
+fn the_ranges_of_a_split_file_get_connections_of_their_own_when_the_server_offers_http2() {
+    // Over HTTP/2 every range would be a stream of the one connection.
+    let server = Server::start_tls_h2();
+    let body = crate::content(23, 8 << 20);
+    // About 3 MiB/s a connection: slow enough to split.
+    let throttle = Some((64 * 1024, std::time::Duration::from_millis(20)));
+    server.route("/big", crate::Route { throttle, ..crate::Route::new(body.clone()) });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} big\n", server.url("/big")));
+    let ca = tls_file("ca-cert.pem");
+    let out = run(fetch(tmp.path()).args(["-v", "--cacert", &ca, "--split-size", "1M", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(std::fs::read(tmp.path().join("big")).unwrap() == body, "bytes differ");
+    let log = server.requests_to("/big");
+    assert_eq!(log[0].version, hyper::Version::HTTP_2, "the first request negotiates HTTP/2");
+    let ranges: Vec<_> = log[1..].iter().map(|l| l.version).collect();
+    assert!(ranges.len() >= 2, "split: {}", out.stderr);
+    assert!(ranges.iter().all(|&v| v == hyper::Version::HTTP_11), "{ranges:?}");
+    assert!(server.connections() >= 3, "{} connections", server.connections());
+}
