@@ -129,7 +129,7 @@ impl Config {
         let headers = read_headers(&cli.headers)?;
         let sums = Arc::new(Sums::read(&cli.checksums)?);
         // --check reads and changes nothing: --dir is not made or tested.
-        let read_only = cli.dry_run;
+        let read_only = cli.dry_run || cli.check;
         if cli.retry_delay.0 > cli.retry_max_delay.0 {
             return Err(ConfigError::RetryDelays(cli.retry_delay.0, cli.retry_max_delay.0));
         }
@@ -184,7 +184,7 @@ impl Config {
             max_rate: cli.max_rate,
             resume: !cli.no_resume,
             remote_time: !cli.no_remote_time,
-            check: false,
+            check: cli.check,
             sums,
             connect_timeout: cli.connect_timeout.0,
             read_timeout: cli.read_timeout.0,
