@@ -23,7 +23,7 @@ for scenario, tools in rows.items():
         cpu = statistics.median(r[1] for r in runs)
         rss = max(r[2] for r in runs) / 1024
         n = runs[0][4]
-        if scenario in ("large", "capped"):
+        if scenario in ("large", "capped", "check-large"):
             rate = f"{1024 / wall:.0f} MiB/s"
         else:
             rate = f"{n / wall:,.0f} files/s"

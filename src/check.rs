@@ -73,16 +73,39 @@ impl Verdict {
 /// One entry's verdict, as the writer needs it.
 #[derive(Debug)]
 struct Checked {
-    /// `None` for an invalid line.
-    url: Option<String>,
-    /// The destination; for an invalid line, `MANIFEST:LINE`.
-    path: String,
+    /// The entry, or for an invalid line its `MANIFEST:LINE`: names are
+    /// made only for the lines and records written.
+    subject: Subject,
     verdict: Verdict,
     /// Bytes of the file (its size, or what was read).
     bytes: u64,
     /// What was compared: `size` and digest names; empty for existence.
     verified: Vec<&'static str>,
     elapsed: Duration,
+}
+
+#[derive(Debug)]
+enum Subject {
+    Entry(Box<Entry>),
+    Invalid(String),
+}
+
+impl Checked {
+    /// The URL, password redacted; `None` for an invalid line.
+    fn url(&self) -> Option<String> {
+        match &self.subject {
+            Subject::Entry(entry) => Some(crate::redact::url(&entry.url)),
+            Subject::Invalid(_) => None,
+        }
+    }
+
+    /// The destination; for an invalid line, `MANIFEST:LINE`.
+    fn path(&self) -> String {
+        match &self.subject {
+            Subject::Entry(entry) => entry.dest.display().to_string(),
+            Subject::Invalid(location) => location.clone(),
+        }
+    }
 }
 
 /// How destinations are reached: from `--dir`'s handle without leaving
@@ -107,8 +130,11 @@ pub fn run(config: Config, report: Option<Report>) -> Summary {
     let threads = threads(config.jobs);
     let quiet = config.verbosity == Verbosity::Quiet || config.display == crate::config::Display::None;
 
-    let (work_tx, work_rx) = sync_channel::<Box<Entry>>(threads * 4);
-    let (done_tx, done_rx) = sync_channel::<Checked>(threads * 4);
+    // Entries travel in chunks, each a share of one batch of the reader's:
+    // a wakeup per chunk rather than per file (per entry, the handoffs
+    // between five threads on two cores cost more than the checks).
+    let (work_tx, work_rx) = sync_channel::<Chunk>(threads * 2);
+    let (done_tx, done_rx) = sync_channel::<Vec<Checked>>(threads * 2);
     let work_rx = Mutex::new(work_rx);
     let mut manifest_error = false;
     let (tally, report_failed) = std::thread::scope(|scope| {
@@ -118,25 +144,33 @@ pub fn run(config: Config, report: Option<Report>) -> Summary {
             let (work_rx, tree) = (&work_rx, &tree);
             scope.spawn(move || hash_all(tree, work_rx, &done_tx));
         }
-        for item in std::iter::from_fn(|| rx.blocking_recv()).flatten() {
-            let sent = match item {
-                Item::Entry(entry) => work_tx.send(entry).is_ok(),
-                Item::Invalid { location, error } => done_tx
-                    .send(Checked {
-                        url: None,
-                        path: location.to_string(),
+        while let Some(batch) = rx.blocking_recv() {
+            let mut entries = Vec::with_capacity(batch.len());
+            let mut invalid = Vec::new();
+            for item in batch {
+                match item {
+                    Item::Entry(entry) => entries.push(entry),
+                    Item::Invalid { location, error } => invalid.push(Checked {
+                        subject: Subject::Invalid(location.to_string()),
                         verdict: Verdict::Failed(format!("{location}: {error}")),
                         bytes: 0,
                         verified: Vec::new(),
                         elapsed: Duration::ZERO,
-                    })
-                    .is_ok(),
-                Item::ReadFailed { source, error } => {
-                    manifest_error = true;
-                    eprintln!("fetch: cannot read manifest {source}: {error}");
-                    true
+                    }),
+                    Item::ReadFailed { source, error } => {
+                        manifest_error = true;
+                        eprintln!("fetch: cannot read manifest {source}: {error}");
+                    }
                 }
-            };
+            }
+            // A share for each thread, so that a batch of a few large
+            // files is hashed on all of them.
+            let share = entries.len().div_ceil(threads).max(1);
+            let mut sent = invalid.is_empty() || done_tx.send(invalid).is_ok();
+            while sent && !entries.is_empty() {
+                let rest = entries.split_off(share.min(entries.len()));
+                sent = work_tx.send(std::mem::replace(&mut entries, rest)).is_ok();
+            }
             if !sent {
                 break;
             }
@@ -154,33 +188,34 @@ pub fn run(config: Config, report: Option<Report>) -> Summary {
     }
 }
 
+/// Entries as the reader boxed them: moving a box is cheaper than the entry.
+#[allow(clippy::vec_box)]
+type Chunk = Vec<Box<Entry>>;
+
 /// One hashing thread: entries from `work` until it closes.
-fn hash_all(tree: &Tree, work: &Mutex<Receiver<Box<Entry>>>, done: &SyncSender<Checked>) {
+fn hash_all(tree: &Tree, work: &Mutex<Receiver<Chunk>>, done: &SyncSender<Vec<Checked>>) {
     let mut buf = vec![0u8; BUFFER];
     loop {
-        // The lock is held only while waiting for the next entry.
-        let Ok(entry) = work.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv() else {
+        // The lock is held only while waiting for the next chunk.
+        let Ok(entries) = work.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv() else {
             return;
         };
-        let started = Instant::now();
-        let (verdict, bytes) = tree.inspect(&entry, &mut buf);
-        let mut verified = Vec::new();
-        if entry.size.is_some() {
-            verified.push("size");
-        }
-        verified.extend(entry.checksums.iter().map(|e| e.checksum.algorithm().name()));
-        let checked = Checked {
-            url: Some(crate::redact::url(&entry.url)),
-            path: entry.dest.display().to_string(),
-            verdict,
-            bytes,
-            verified,
-            elapsed: started.elapsed(),
-        };
+        let checked = entries.into_iter().map(|entry| check(tree, entry, &mut buf)).collect();
         if done.send(checked).is_err() {
             return;
         }
     }
+}
+
+fn check(tree: &Tree, entry: Box<Entry>, buf: &mut [u8]) -> Checked {
+    let started = Instant::now();
+    let (verdict, bytes) = tree.inspect(&entry, buf);
+    let mut verified = Vec::new();
+    if entry.size.is_some() {
+        verified.push("size");
+    }
+    verified.extend(entry.checksums.iter().map(|e| e.checksum.algorithm().name()));
+    Checked { subject: Subject::Entry(entry), verdict, bytes, verified, elapsed: started.elapsed() }
 }
 
 impl Tree {
@@ -215,7 +250,7 @@ impl Tree {
         if !read {
             return (Verdict::Ok, len);
         }
-        match hash(File::from(fd), entry, buf) {
+        match hash(File::from(fd), len, entry, buf) {
             Ok((verdict, read)) => (verdict, read),
             Err(e) => (Verdict::Failed(format!("cannot read: {e}")), len),
         }
@@ -266,9 +301,11 @@ fn kind_name(kind: FileType) -> &'static str {
 /// Stream `file` once through the digests `entry` names. A file longer
 /// than the manifest's size (it grew since it was looked at) is read no
 /// further than one byte past it.
-fn hash(mut file: File, entry: &Entry, buf: &mut [u8]) -> io::Result<(Verdict, u64)> {
-    // Read ahead in larger steps; a failure only costs speed.
-    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+fn hash(mut file: File, len: u64, entry: &Entry, buf: &mut [u8]) -> io::Result<(Verdict, u64)> {
+    if len > buf.len() as u64 {
+        // Read ahead in larger steps; a failure only costs speed.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+    }
     let mut digests = Digests::new(&entry.checksums);
     let mut total = 0u64;
     let limit = entry.size.map_or(u64::MAX, |size| size.saturating_add(1));
@@ -344,8 +381,8 @@ impl Tally {
 /// The `--report` record of one entry.
 #[derive(Serialize)]
 struct Record<'a> {
-    url: Option<&'a str>,
-    path: &'a str,
+    url: Option<String>,
+    path: String,
     status: &'static str,
     bytes: u64,
     verified: &'a [&'static str],
@@ -355,35 +392,37 @@ struct Record<'a> {
 
 /// The one writer: a line per verdict (only those not `ok` when `quiet`)
 /// and a report record each; the tally, and whether the report failed.
-fn write_all(done: &Receiver<Checked>, quiet: bool, mut report: Option<Report>) -> (Tally, bool) {
+fn write_all(done: &Receiver<Vec<Checked>>, quiet: bool, mut report: Option<Report>) -> (Tally, bool) {
     let mut tally = Tally::default();
     let mut report_failed = false;
     let mut out = BufWriter::new(io::stderr().lock());
     // Lines are written as verdicts come, and flushed whenever none waits.
     let mut next = done.recv().ok();
-    while let Some(checked) = next {
-        tally.add(&checked);
-        let _ = print(&mut out, &checked, quiet);
-        if let Some(report) = &mut report {
-            let (error, status) = match &checked.verdict {
-                Verdict::Mismatch(reason) | Verdict::Failed(reason) => {
-                    (Some(reason.as_str()), checked.verdict.word())
+    while let Some(chunk) = next {
+        for checked in &chunk {
+            tally.add(checked);
+            let _ = print(&mut out, checked, quiet);
+            if let Some(report) = &mut report {
+                let (error, status) = match &checked.verdict {
+                    Verdict::Mismatch(reason) | Verdict::Failed(reason) => {
+                        (Some(reason.as_str()), checked.verdict.word())
+                    }
+                    Verdict::Ok | Verdict::Missing => (None, checked.verdict.word()),
+                };
+                let record = Record {
+                    url: checked.url(),
+                    path: checked.path(),
+                    status,
+                    bytes: checked.bytes,
+                    verified: &checked.verified,
+                    error,
+                    elapsed_ms: checked.elapsed.as_millis(),
+                };
+                if let Err(e) = report.write_record(&record)
+                    && !std::mem::replace(&mut report_failed, true)
+                {
+                    let _ = writeln!(out, "fetch: cannot write the report: {e}");
                 }
-                Verdict::Ok | Verdict::Missing => (None, checked.verdict.word()),
-            };
-            let record = Record {
-                url: checked.url.as_deref(),
-                path: &checked.path,
-                status,
-                bytes: checked.bytes,
-                verified: &checked.verified,
-                error,
-                elapsed_ms: checked.elapsed.as_millis(),
-            };
-            if let Err(e) = report.write_record(&record)
-                && !std::mem::replace(&mut report_failed, true)
-            {
-                let _ = writeln!(out, "fetch: cannot write the report: {e}");
             }
         }
         next = done.try_recv().ok().or_else(|| {
@@ -396,7 +435,11 @@ fn write_all(done: &Receiver<Checked>, quiet: bool, mut report: Option<Report>) 
 }
 
 fn print(out: &mut impl Write, checked: &Checked, quiet: bool) -> io::Result<()> {
-    let path = escape(&checked.path);
+    if quiet && checked.verdict == Verdict::Ok {
+        return Ok(());
+    }
+    let path = checked.path();
+    let path = escape(&path);
     match &checked.verdict {
         Verdict::Ok if quiet => Ok(()),
         Verdict::Ok if checked.verified.is_empty() => {
@@ -406,7 +449,9 @@ fn print(out: &mut impl Write, checked: &Checked, quiet: bool) -> io::Result<()>
         Verdict::Missing => writeln!(out, "missing     {path}"),
         Verdict::Mismatch(reason) => writeln!(out, "mismatch    {path}: {}", escape(reason)),
         // An invalid line's error names MANIFEST:LINE itself.
-        Verdict::Failed(reason) if checked.url.is_none() => writeln!(out, "failed      {}", escape(reason)),
+        Verdict::Failed(reason) if matches!(checked.subject, Subject::Invalid(_)) => {
+            writeln!(out, "failed      {}", escape(reason))
+        }
         Verdict::Failed(reason) => writeln!(out, "failed      {path}: {}", escape(reason)),
     }
 }
@@ -426,8 +471,7 @@ mod tests {
     #[test]
     fn the_tally_counts_existence_apart_and_hashed_bytes_only() {
         let checked = |verdict, verified: Vec<&'static str>| Checked {
-            url: Some("u".into()),
-            path: "p".into(),
+            subject: Subject::Invalid("m:1".into()),
             verdict,
             bytes: 10,
             verified,
