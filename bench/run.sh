@@ -13,6 +13,8 @@
 # 25 MB/s per connection), latency (100 x 16 KiB, 50 ms each), many (200,000
 # x 1 byte in 200 folders), noop (many again, all present), bars (small with
 # progress bars on a pty vs -q), flat (peak RSS, 2,000,000-line manifest);
+# check (fetch --check on many's 200,000 files and large's 1 GiB, with
+# SHA256SUMS files, against sha256sum -c of the same files; no server);
 # host health against bench/faultd.py (issue 17): ratelimit and
 # ratelimit-nora (100 requests/s, 429 with Retry-After: 1 or without),
 # outage (90 s mid-run; one run of each tool, two minutes each), deadhost
@@ -32,7 +34,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bench=$root/bench
 WORK=${BENCH_DIR:-/tmp/fetch-bench}
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-"small large https-small https-large capped latency many noop bars flat ratelimit ratelimit-nora outage deadhost overloaded refresh"}
+SCENARIOS=${SCENARIOS:-"small large https-small https-large capped latency many noop bars flat check ratelimit ratelimit-nora outage deadhost overloaded refresh"}
 J=16
 
 need=()
@@ -99,8 +101,11 @@ cleanup() {
 # The outputs settle set aside go at the end, when no run follows.
 trap 'cleanup; rm -rf "$WORK/trash"' EXIT
 cleanup
-nginx -c "$WORK/nginx.conf" -p "$WORK"
-python3 "$bench/latency.py" "$WORK/www" 18082 50 & slow=$!
+# check makes no request: alone, it needs no server.
+if [ "$SCENARIOS" != check ]; then
+  nginx -c "$WORK/nginx.conf" -p "$WORK"
+  python3 "$bench/latency.py" "$WORK/www" 18082 50 & slow=$!
+fi
 
 results=$WORK/results.tsv
 : > "$results"
@@ -154,7 +159,7 @@ measure() {
   local scenario=$1 tool=$2 out=$3 manifest=$4 n=$5
   shift 5
   for _ in $(seq "$RUNS"); do
-    if [ "$scenario" = noop ]; then sync; else settle "$out" "$(served "$scenario")"; fi
+    if [[ $scenario == noop || $scenario == check-* ]]; then sync; else settle "$out" "$(served "$scenario")"; fi
     mkdir -p "$out"
     # Wall time to the millisecond (GNU time's %e has 10 ms steps, a tenth
     # of a small run); CPU and peak RSS from GNU time.
@@ -312,6 +317,35 @@ for s in $SCENARIOS; do
       measure flat "fetch, 2,000,000 lines --shard 0/10" "$out" "$m.shard0" "$(wc -l < "$m.shard0")" \
         "$FETCH" -q -j $J --dir "$out" --shard 0/10 "$m.fetch"
       ;;
+    check)
+      # What is on disk, against the manifest and a SHA256SUMS: many's
+      # 200,000 one-byte files (written by checkdata.py, not downloaded) and
+      # large's four 256 MiB files, read from a warm page cache (hashing,
+      # not the disk: BENCH_DIR on tmpfs keeps other processes' cache drops
+      # out). Peers: sha256sum -c, one process (one core), and one per core
+      # for large.
+      python3 "$bench/gen.py" "$WORK" many
+      python3 "$bench/gen.py" "$WORK" large
+      python3 "$bench/checkdata.py" "$WORK"
+      m=$WORK/m out=$WORK/out-check
+      cat "$out"/many/d0/* "$WORK"/www/large/*.bin > /dev/null
+      measure check-many "fetch --check" "$out" "$m/many.fetch" 200000 \
+        "$FETCH" --check -q -j $J --dir "$out" --checksums "$m/check-many.sha256" "$m/many.fetch"
+      measure check-many "sha256sum -c" "$out" "$m/many.fetch" 200000 \
+        sh -c "cd '$out' && sha256sum -c --quiet '$m/check-many.sha256'"
+      measure check-large "fetch --check" "$WORK/www" "$m/large.fetch" 4 \
+        "$FETCH" --check -q -j $J --dir "$WORK/www" --checksums "$m/check-large.sha256" "$m/large.fetch"
+      measure check-large "sha256sum -c" "$WORK/www" "$m/large.fetch" 4 \
+        sh -c "cd '$WORK/www' && sha256sum -c --quiet '$m/check-large.sha256'"
+      measure check-large "sha256sum, $(nproc) at once" "$WORK/www" "$m/large.fetch" 4 \
+        sh -c "cd '$WORK/www' && ls large/*.bin | xargs -P $(nproc) -n 1 sha256sum > /dev/null"
+      # OpenSSL uses the CPU's SHA extensions, as the sha2 crate does;
+      # coreutils' sha256sum does not.
+      if command -v openssl > /dev/null; then
+        measure check-large "openssl dgst -sha256" "$WORK/www" "$m/large.fetch" 4 \
+          sh -c "cd '$WORK/www' && openssl dgst -sha256 large/*.bin > /dev/null"
+      fi
+      ;;
     ratelimit | ratelimit-nora)
       # 100 requests a second, 429 beyond, with Retry-After: 1 or without.
       python3 "$bench/gen.py" "$WORK" ratelimit
@@ -395,7 +429,7 @@ done
 echo "## fetch benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 echo
 echo "fetch $("$FETCH" --version | cut -d' ' -f2) (fsync on), $(aria2c --version | head -1), $(curl --version | head -1 | cut -d' ' -f1-2), $(wget2 --version | head -1 | cut -d' ' -f1-3); concurrency $J; median of $RUNS runs."
-if [ -f "$WORK/www/large/f0.bin" ]; then
+if [ -f "$WORK/www/large/f0.bin" ] && [ "$SCENARIOS" != check ]; then
   cat "$WORK/www/large/f0.bin" > /dev/null
   speed=$(curl -s -o /dev/null -w '%{speed_download}' http://127.0.0.1:18080/large/f0.bin)
   disk=$(dd if=/dev/zero of="$WORK/dd.bin" bs=1M count=512 conv=fdatasync 2>&1 | tail -1 | awk -F', ' '{print $NF}')

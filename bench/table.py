@@ -4,7 +4,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-BULK = ("large", "capped", "https-large")
+BULK = ("large", "capped", "https-large", "check-large")
 rows = defaultdict(lambda: defaultdict(list))
 counts = {}
 for line in open(sys.argv[1]):

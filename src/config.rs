@@ -168,7 +168,7 @@ impl Config {
         let tls = crate::tls::load(&TlsFiles::of(&cli))?;
         let sums = Arc::new(Sums::read(&cli.checksums)?);
         // --check reads and changes nothing: --dir is not made or tested.
-        let read_only = cli.dry_run;
+        let read_only = cli.dry_run || cli.check;
         if cli.retry_delay.0 > cli.retry_max_delay.0 {
             return Err(ConfigError::RetryDelays(cli.retry_delay.0, cli.retry_max_delay.0));
         }
@@ -228,7 +228,7 @@ impl Config {
             max_filesize: cli.max_filesize.map(|size| size.0),
             resume: !cli.no_resume,
             remote_time: !cli.no_remote_time,
-            check: false,
+            check: cli.check,
             sums,
             connect_timeout: cli.connect_timeout.0,
             read_timeout: cli.read_timeout.0,

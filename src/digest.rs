@@ -90,7 +90,7 @@ pub struct Checksum {
 #[error("invalid {algorithm} {text:?}: expected {} hex digits", algorithm.bytes() * 2)]
 pub struct HexError {
     pub algorithm: Algorithm,
-    /// What was given, cut to [`SHOWN`] characters.
+    /// What was given, cut to 140 characters.
     pub text: String,
 }
 

@@ -11,6 +11,7 @@
 //! as they finish.
 
 pub mod body;
+pub mod check;
 pub mod cli;
 pub mod commit;
 pub mod config;
@@ -82,6 +83,10 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         let reporter = Reporter::new(config.verbosity, config::Display::Log);
         return Ok(plan::run(config, &reporter));
     }
+    if config.check {
+        let report = open_report(&config)?;
+        return Ok(check::run(config, report));
+    }
     let open_files = sys::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::Runtime)?;
     // On a worker, not the main thread: each finished download wakes the
@@ -113,13 +118,7 @@ fn jobs_within(jobs: usize, open_files: Option<u64>) -> usize {
 async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, Error> {
     let started = Instant::now();
     let shutdown = Shutdown::install().map_err(Error::Runtime)?;
-    let report = match &config.report {
-        Some(path) => Some(
-            Report::open(path)
-                .map_err(|source| Error::Report { path: path.display().to_string(), source })?,
-        ),
-        None => None,
-    };
+    let report = open_report(&config)?;
     let reporter = Arc::new(Reporter::new(config.verbosity, config.display));
     let (config, items) = start_reading(config, &reporter)?;
     let ctx = context(config, open_files, &reporter, &shutdown)?;
@@ -129,6 +128,13 @@ async fn run_async(config: Config, open_files: Option<u64>) -> Result<Summary, E
     summary.interrupted = shutdown.signal();
     reporter.summary(&summary, started.elapsed());
     Ok(summary)
+}
+
+fn open_report(config: &Config) -> Result<Option<Report>, Error> {
+    let Some(path) = &config.report else { return Ok(None) };
+    let report =
+        Report::open(path).map_err(|source| Error::Report { path: path.display().to_string(), source })?;
+    Ok(Some(report))
 }
 
 /// Start the manifest reader on a thread of its own, and the count of the

@@ -170,7 +170,6 @@ impl Summary {
 
 #[derive(Serialize)]
 struct Record<'a> {
-    run_id: &'a str,
     url: Option<&'a str>,
     path: String,
     status: Status,
@@ -230,7 +229,6 @@ impl Report {
 
     pub fn write(&mut self, outcome: &Outcome) -> io::Result<()> {
         let record = Record {
-            run_id: &self.run_id,
             url: outcome.url.as_deref(),
             path: outcome.path.display().to_string(),
             status: outcome.status,
@@ -244,8 +242,20 @@ impl Report {
             waited_ms: outcome.waited.as_millis(),
             served_by: outcome.served_by.as_deref(),
         };
+        self.write_record(&record)
+    }
+
+    /// Write one record of any shape (`--check` has its own), after the
+    /// run's id, escaped as every record is.
+    pub fn write_record(&mut self, record: &impl Serialize) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct WithId<'a, T> {
+            run_id: &'a str,
+            #[serde(flatten)]
+            record: &'a T,
+        }
         let mut json = serde_json::Serializer::with_formatter(&mut self.out, Escaping);
-        record.serialize(&mut json).map_err(io::Error::other)?;
+        WithId { run_id: &self.run_id, record }.serialize(&mut json).map_err(io::Error::other)?;
         self.out.write_all(b"\n")?;
         self.out.flush()
     }

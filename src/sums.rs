@@ -33,7 +33,7 @@ const MAX_LINE: u64 = 64 * 1024;
 /// Names are not kept: a name is known by its 64-bit hash under a key
 /// drawn for each run (SipHash, as [`std::collections::HashMap`] uses),
 /// which indexes its digests. Per line that costs a table slot (16 bytes,
-/// at most half of the slots empty), a [`Listed`] (24 bytes) and the
+/// at most half of the slots empty), a `Listed` (24 bytes) and the
 /// digest's own bytes (16 to 64), with up to as much again unused while
 /// the vectors grow: 100 to 200 bytes. Two names of one hash would share
 /// their digests: a false mismatch (never a false match) or a refusal of

@@ -170,8 +170,18 @@ fn json_line() -> impl Strategy<Value = String> {
         field(0.5, sha_text().prop_map(Value::String).boxed()),
         field(0.5, headers.boxed()),
         prop::option::weighted(0.05, (pieces(2), json_value())),
+        // Another digest: mostly of its key's length, sometimes anything.
+        prop::option::weighted(
+            0.2,
+            prop_oneof![
+                3 => "[0-9a-f]{32}".prop_map(|hex| ("md5", hex)),
+                3 => "[0-9a-f]{40}".prop_map(|hex| ("sha1", hex)),
+                3 => "[0-9a-fA-F]{128}".prop_map(|hex| ("sha512", hex)),
+                1 => (prop::sample::select(vec!["md5", "sha1", "sha512"]), pieces(2)),
+            ],
+        ),
     )
-        .prop_map(|(url, path, size, sha256, headers, extra)| {
+        .prop_map(|(url, path, size, sha256, headers, extra, digest)| {
             let mut object = serde_json::Map::new();
             let known =
                 [("url", url), ("path", path), ("size", size), ("sha256", sha256), ("headers", headers)];
@@ -182,6 +192,9 @@ fn json_line() -> impl Strategy<Value = String> {
             }
             if let Some((key, value)) = extra {
                 object.insert(key, value);
+            }
+            if let Some((key, hex)) = digest {
+                object.insert(key.to_owned(), Value::String(hex));
             }
             Value::Object(object).to_string()
         })

@@ -29,6 +29,7 @@ Manifest lines:
 
 Exit status: 0 all downloaded, unchanged or skipped, 1 some entry failed, 2 usage error,
 130/143 interrupted (partial files are kept and resumed by the next run).
+--check: 0 every entry ok, 1 some entry missing, mismatch or failed.
 
 Defaults: options are read first from a config file, one long option per line
 (`jobs = 8`, or `insecure` for a flag, `#` comments): --config FILE, else
@@ -41,6 +42,7 @@ Examples:
   fetch -j 32 --dir /data urls.txt            32 at once, into /data
   generate-manifest | fetch -q -H @auth.txt   from a pipe, quiet, headers from a file
   fetch --dry-run urls.txt                    check a manifest without downloading
+  fetch --check --checksums SHA256SUMS urls.txt  verify the files on disk, no download
   fetch --shard 2/8 urls.txt                  this machine's eighth of the work
   fetch -q --report run.jsonl urls.txt        for cron: failures, summary, JSON report";
 
@@ -132,6 +134,12 @@ pub struct Cli {
     /// make and rsync see when the file changed, not when it was fetched.
     #[arg(long, help_heading = "Destinations")]
     pub no_remote_time: bool,
+
+    /// Verify the destinations instead of downloading: compare each with the manifest's size
+    /// and checksums, making no request. Each entry is ok, missing or mismatch; exit 1 unless
+    /// all are ok. Hashes on as many threads as there are CPUs (at most --jobs).
+    #[arg(long, conflicts_with_all = ["dry_run", "overwrite"], help_heading = "Verification")]
+    pub check: bool,
 
     /// A checksum file: sha256sum, sha512sum, sha1sum or md5sum output (`HEX  NAME`) or BSD
     /// tags (`SHA256 (NAME) = HEX`). Each NAME's digest applies to the entry whose path is

@@ -22,7 +22,7 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 /// `RESOLVE_BENEATH`, or, where `openat2` is missing (before Linux 5.6),
 /// one component at a time with `O_NOFOLLOW`. `EXDEV` or `ELOOP` means a
 /// symlink or `..` would have left `dir`.
-pub(super) fn open_dir_beneath(dir: &OwnedFd, rel: &Path) -> rustix::io::Result<OwnedFd> {
+pub fn open_dir_beneath(dir: &OwnedFd, rel: &Path) -> rustix::io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(dir, rel, flags, Mode::empty(), resolve) {

@@ -26,7 +26,7 @@ mod path;
 mod placed;
 mod tree;
 
-pub use dirs::{MadeDir, MadeDirs, create_dirs, open_dir};
+pub use dirs::{MadeDir, MadeDirs, create_dirs, open_dir, open_dir_beneath};
 pub use path::{DestError, Rules, name_from_url};
 pub use tree::{DestTree, Parent, PrepareError};
 

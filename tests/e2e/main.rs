@@ -1,6 +1,7 @@
 //! End-to-end tests: the built `fetch` binary against HTTP servers started
 //! inside this process (see `server.rs`). Every wait is bounded.
 
+mod check;
 mod checksums;
 mod concurrency;
 mod confine;
