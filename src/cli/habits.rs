@@ -27,7 +27,9 @@ pub fn habit(arg: &str) -> Option<&'static str> {
         "-x" | "--max-connection-per-server" | "--split" => {
             "connections for one large file are --max-connections-per-file N (see --split-size)"
         }
-        "--checksum" => "checksums go in the manifest: a JSON line with \"sha256\"",
+        "--checksum" => {
+            "checksums go in the manifest (\"sha256\", \"sha512\", \"sha1\", \"md5\") or in --checksums SHA256SUMS"
+        }
         "-Z" | "--parallel" | "--parallel-max" | "--max-concurrent-downloads" => {
             "downloads run in parallel by default; -j N sets how many"
         }
