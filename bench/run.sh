@@ -61,7 +61,7 @@ http {
   server { listen 127.0.0.1:18081; root $WORK/www; limit_rate 25m; }
   # refresh: real files, so that each has its own ETag; conditional requests
   # are nginx's own (etag on, if_modified_since exact).
-  log_format sent '\$status \$bytes_sent';
+  log_format sent '\$status \$bytes_sent \$body_bytes_sent';
   server {
     listen 127.0.0.1:18084; root $WORK/www/refresh;
     access_log $WORK/logs/refresh-access.log sent buffer=64k flush=100ms;
