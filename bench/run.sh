@@ -80,7 +80,7 @@ http {
   server { listen 127.0.0.1:18081; root $WORK/www; limit_rate 25m; }
   # refresh: real files, so that each has its own ETag; conditional requests
   # are nginx's own (etag on, if_modified_since exact).
-  log_format sent '\$status \$bytes_sent';
+  log_format sent '\$status \$bytes_sent \$body_bytes_sent';
   server {
     listen 127.0.0.1:18084; root $WORK/www/refresh;
     access_log $WORK/logs/refresh-access.log sent buffer=64k flush=100ms;
@@ -416,6 +416,8 @@ for s in $SCENARIOS; do
           esac
         done
       done
+      # wget2's runs changed the files again since fetch's last run.
+      "$FETCH" -q -j $J --refresh --dir "$f" "$m.fetch" || true
       for _ in $(seq "$RUNS"); do
         refresh_measure "fetch --refresh, nothing changed" "$f" "$FETCH" -q -j $J --refresh --dir "$f" "$m.fetch"
         refresh_measure "wget2 -N, nothing changed" "$w" wget2 -q -N --max-threads=$J -nH -x -P "$w" -i "$m.wget2"

@@ -3,7 +3,7 @@
 //! run, and what the answer means.
 //!
 //! Validators are extended attributes of the file itself
-//! (`user.fetch.etag`, `user.fetch.last-modified`), set through the
+//! (`user.fetch.etag`, else `user.fetch.last-modified`), set through the
 //! descriptor of the finished file before it is linked or renamed into
 //! place ([`crate::fsx`]). They belong to the inode, so they are replaced
 //! in the same atomic step as the bytes: a destination never carries the
@@ -62,26 +62,19 @@ fn usable(value: &str) -> Option<String> {
     (fits && HeaderValue::from_str(value).is_ok()).then(|| value.to_owned())
 }
 
-/// Store `validators` on `file`, replacing what it held (a part file may
-/// be reused). Best effort: a filesystem without user attributes, a full
-/// attribute block or any other refusal leaves the file without them,
-/// which only makes the next refresh ask by mtime.
+/// Store `validators` on `file`, a new file: its ETag, else its
+/// `Last-Modified`, the one a refresh will send (one system call per file:
+/// on `many` every download pays it). Best effort: a filesystem without
+/// user attributes, a full attribute block or any other refusal leaves the
+/// file without them, which only makes the next refresh ask by mtime.
 pub fn store(file: &impl AsFd, validators: &Validators) {
-    let pairs = [(ETAG_ATTR, &validators.etag), (LAST_MODIFIED_ATTR, &validators.last_modified)];
-    for (name, value) in pairs {
-        let result = match value {
-            Some(value) => rustix::fs::fsetxattr(file, name, value.as_bytes(), XattrFlags::empty()),
-            None => match rustix::fs::fremovexattr(file, name) {
-                Err(Errno::NODATA) => Ok(()),
-                other => other,
-            },
-        };
-        if result.is_err() {
-            // No attributes here (ENOTSUP, EPERM) or no room: none at all,
-            // rather than one of two.
-            let _ = rustix::fs::fremovexattr(file, ETAG_ATTR);
-            return;
-        }
+    let stored = match validators {
+        Validators { etag: Some(etag), .. } => Some((ETAG_ATTR, etag)),
+        Validators { last_modified: Some(date), .. } => Some((LAST_MODIFIED_ATTR, date)),
+        Validators { etag: None, last_modified: None } => None,
+    };
+    if let Some((name, value)) = stored {
+        let _ = rustix::fs::fsetxattr(file, name, value.as_bytes(), XattrFlags::empty());
     }
 }
 
@@ -288,15 +281,17 @@ mod tests {
             eprintln!("skipped: no user xattrs on {}", tmp.path().display());
             return;
         }
-        let v = Validators::new(Some("\"e\""), Some("Wed, 21 Oct 2015 07:28:00 GMT"));
+        let date = "Wed, 21 Oct 2015 07:28:00 GMT";
+        let v = Validators::new(Some("\"e\""), Some(date));
         store(&file, &v);
         let OnDisk::File(found) = look(&dir, "f".as_ref()).unwrap() else { panic!("not a file") };
         assert_eq!(found.validators, Validators { etag: v.etag.clone(), last_modified: None });
         assert_eq!(found.size, 5);
-        // Replaced: the ETag the new version lacks is gone.
-        store(&file, &Validators::new(None, v.last_modified.as_deref()));
-        let OnDisk::File(found) = look(&dir, "f".as_ref()).unwrap() else { panic!("not a file") };
-        assert_eq!(found.validators, Validators { etag: None, last_modified: v.last_modified.clone() });
+        // Without an ETag, the date is what a refresh sends.
+        let other = File::create(tmp.path().join("g")).unwrap();
+        store(&other, &Validators::new(None, Some(date)));
+        let OnDisk::File(found) = look(&dir, "g".as_ref()).unwrap() else { panic!("not a file") };
+        assert_eq!(found.validators, Validators { etag: None, last_modified: Some(date.into()) });
         // Another program's oversized or binary attribute is ignored.
         let large = vec![b'x'; MAX_VALIDATOR + 1];
         rustix::fs::fsetxattr(&file, ETAG_ATTR, &large, XattrFlags::empty()).unwrap();

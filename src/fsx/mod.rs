@@ -23,9 +23,13 @@
 //!   whose bytes are on disk ([`Staged::sync`], or a barrier of
 //!   [`crate::commit`]), and the rename is made durable before the entry
 //!   counts as downloaded;
-//! - without `--overwrite` an existing destination is never replaced, even
-//!   one that appeared while we downloaded or that was not looked for
-//!   ([`crate::dest::DestTree::may_exist`]) (`RENAME_NOREPLACE`).
+//! - a finished file gets its mtime and its validators (an extended
+//!   attribute, [`crate::validators`]) before it is placed, so that they
+//!   replace the old file's with its bytes, in the same move;
+//! - unless asked to replace it (`--overwrite`, a file of the wrong size,
+//!   a new version for `--refresh`) an existing destination is never
+//!   replaced, even one that appeared while we downloaded or that was not
+//!   looked for ([`crate::dest::DestTree::may_exist`]) (`RENAME_NOREPLACE`).
 //!
 //! `partial` owns a download's file while it is written, `place` the
 //! finished file until it is at its destination.

@@ -255,3 +255,20 @@ fn without_user_xattrs_a_refresh_asks_by_mtime() {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn the_condition_follows_a_redirect_to_another_host() {
+    // The validator is the final server's, wherever the manifest URL points.
+    let (front, back) = (Server::start(), Server::start_on("127.0.0.2".parse().unwrap()));
+    let route = dated(content(13, 1000));
+    let etag = route.etag.clone().unwrap();
+    back.route("/a", route);
+    front.route("/a", Route { redirect: Some(back.url("/a")), ..Route::default() });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{}\n", front.url("/a")));
+    assert_eq!(run(fetch(tmp.path()).arg("m.txt")).code, Some(0));
+    let out = run(fetch(tmp.path()).args(["--refresh", "--report", "r.jsonl", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(back.requests_to("/a")[1].header("if-none-match"), Some(etag.as_str()));
+    assert_eq!(report(&tmp.path().join("r.jsonl"))["a"]["status"], "unchanged");
+}
