@@ -172,37 +172,7 @@ impl Config {
         if cli.retry_delay.0 > cli.retry_max_delay.0 {
             return Err(ConfigError::RetryDelays(cli.retry_delay.0, cli.retry_max_delay.0));
         }
-        let dir_error = |source| ConfigError::Dir { path: cli.dir.clone(), source };
-        let tree = if read_only && !cli.dir.exists() {
-            // A dry run changes nothing, not even by creating --dir.
-            DestTree::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)?
-        } else {
-            // Like wget -P and curl --create-dirs: a missing --dir is created.
-            let not_a_directory =
-                || dir_error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
-            let made = match create_dirs(&cli.dir) {
-                // A file where --dir or a directory above it should be.
-                Err(e) if matches!(e.kind(), io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory) => {
-                    return Err(not_a_directory());
-                }
-                made => made.map_err(dir_error)?,
-            };
-            if !cli.dir.is_dir() {
-                return Err(not_a_directory());
-            }
-            // No destination may overwrite the run's own files.
-            let report = cli.report.iter().map(|path| (path.clone(), "--report file"));
-            let manifests =
-                cli.manifests.iter().filter(|p| p.as_os_str() != "-").map(|p| (p.clone(), "manifest"));
-            let protected: Vec<_> = report.chain(manifests).collect();
-            let tree = DestTree::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
-            // One message now, not one failure per entry. With -P the
-            // manifest may not write to --dir at all.
-            if !read_only && !cli.absolute_paths {
-                tree.check_writable().map_err(dir_error)?;
-            }
-            tree.protecting(&protected)
-        };
+        let tree = dest_tree(&cli, read_only)?;
         let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
         let (limit_rate, speed_floor) = body_rates(&cli)?;
         Ok(Config {
@@ -244,6 +214,41 @@ impl Config {
             dry_run: cli.dry_run,
             shard: cli.shard,
         })
+    }
+}
+
+/// The run's destination tree: `--dir` made if missing (unless the run
+/// only reads), checked writable once, and the run's own files protected.
+fn dest_tree(cli: &Cli, read_only: bool) -> Result<DestTree, ConfigError> {
+    let dir_error = |source| ConfigError::Dir { path: cli.dir.clone(), source };
+    if read_only && !cli.dir.exists() {
+        // A dry run changes nothing, not even by creating --dir.
+        DestTree::planned(cli.dir.clone(), cli.absolute_paths).map_err(dir_error)
+    } else {
+        // Like wget -P and curl --create-dirs: a missing --dir is created.
+        let not_a_directory = || dir_error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
+        let made = match create_dirs(&cli.dir) {
+            // A file where --dir or a directory above it should be.
+            Err(e) if matches!(e.kind(), io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory) => {
+                return Err(not_a_directory());
+            }
+            made => made.map_err(dir_error)?,
+        };
+        if !cli.dir.is_dir() {
+            return Err(not_a_directory());
+        }
+        // No destination may overwrite the run's own files.
+        let report = cli.report.iter().map(|path| (path.clone(), "--report file"));
+        let manifests =
+            cli.manifests.iter().filter(|p| p.as_os_str() != "-").map(|p| (p.clone(), "manifest"));
+        let protected: Vec<_> = report.chain(manifests).collect();
+        let tree = DestTree::new(cli.dir.clone(), cli.absolute_paths, made).map_err(dir_error)?;
+        // One message now, not one failure per entry. With -P the
+        // manifest may not write to --dir at all.
+        if !read_only && !cli.absolute_paths {
+            tree.check_writable().map_err(dir_error)?;
+        }
+        Ok(tree.protecting(&protected))
     }
 }
 

@@ -204,21 +204,7 @@ pub async fn attempt(
             range_end = Some(end + 1);
             check_size(target, state.total)?;
         }
-        StatusCode::RANGE_NOT_SATISFIABLE if ranged => {
-            let total = header_str(response.headers(), header::CONTENT_RANGE)
-                .and_then(|v| v.strip_prefix("bytes */").and_then(|n| n.trim().parse::<u64>().ok()));
-            if total == Some(state.offset) && state.total.is_none_or(|t| t == state.offset) {
-                // The partial already holds the whole file.
-                state.total = total;
-                return Ok(Attempted::Complete);
-            }
-            state.reset();
-            partial.truncate().map_err(disk)?;
-            return Err(AttemptError::BadRange(format!(
-                "416 with {}",
-                total.map_or("no length".into(), |t| format!("length {t}"))
-            )));
-        }
+        StatusCode::RANGE_NOT_SATISFIABLE if ranged => return unsatisfiable(&response, state, partial),
         _ => {
             let retry_after = retry::retry_after(response.headers(), SystemTime::now());
             return Err(AttemptError::Status { status, retry_after });
@@ -228,6 +214,28 @@ pub async fn attempt(
     let limit = Limit { manifest: target.size, server: min_some(range_end, state.total) };
     let body = Body::new(response, &target.net.body, shutdown, state.offset);
     stream_body(body, state, partial, progress, limit).await.map(|()| Attempted::Complete)
+}
+
+/// A `416` to a resumed request: complete when it names the length the
+/// partial already has (and nothing known says otherwise); otherwise the
+/// partial is wrong, and truncated.
+fn unsatisfiable(
+    response: &reqwest::Response,
+    state: &mut State,
+    partial: &mut Partial,
+) -> Result<Attempted, AttemptError> {
+    let total = header_str(response.headers(), header::CONTENT_RANGE)
+        .and_then(|v| v.strip_prefix("bytes */").and_then(|n| n.trim().parse::<u64>().ok()));
+    if total == Some(state.offset) && state.total.is_none_or(|t| t == state.offset) {
+        state.total = total;
+        return Ok(Attempted::Complete);
+    }
+    state.reset();
+    partial.truncate().map_err(AttemptError::Disk)?;
+    Err(AttemptError::BadRange(format!(
+        "416 with {}",
+        total.map_or("no length".into(), |t| format!("length {t}"))
+    )))
 }
 
 /// Ask for bytes `start..=end` of the version of the file that `if_range`

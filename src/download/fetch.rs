@@ -86,22 +86,11 @@ pub(super) async fn fetch(
     let dest = &entry.dest;
     let mut walk = Walk::new(entry, &ctx.net.limits);
     let url = walk.url();
-    let host = host_key(url);
-    if slot.as_ref().is_some_and(|slot| slot.host() != host) {
+    let mut t = Transfer::new(entry, ctx, url, condition);
+    if slot.as_ref().is_some_and(|slot| slot.host() != t.host) {
         // Taken for another of the entry's URLs, whose host was better then.
         drop(slot.take());
     }
-    let mut t = Transfer {
-        entry,
-        ctx,
-        url,
-        progress: Arc::new(ctx.net.reporter.transfer(dest, &host)),
-        host,
-        headers: merged_headers(&ctx.headers, &entry.headers),
-        split: ctx.net.split.filter(|p| entry.size.is_none_or(|size| size >= p.min_size)),
-        state: State::for_entry(&entry.checksums),
-        condition,
-    };
     let mut resumed =
         resume_or_truncate(entry, ctx, url, &mut partial, &mut t.state).map_err(partial_error(dest))?;
     outcome.resumed_from = match &resumed {
@@ -126,18 +115,7 @@ pub(super) async fn fetch(
             t.restart(&mut partial).map_err(partial_error(dest))?;
         }
         let error = match t.step(&mut partial, resumed.take(), slot, outcome).await {
-            Step::Complete => {
-                let modified =
-                    t.state.last_modified.as_deref().and_then(|v| httpdate::parse_http_date(v).ok());
-                if let Some(time) = modified.filter(|_| ctx.remote_time) {
-                    partial.set_modified(time);
-                }
-                let state = &t.state;
-                partial
-                    .set_validators(Validators::new(state.etag.as_deref(), state.last_modified.as_deref()));
-                outcome.served_by = walk.served_by();
-                return Ok(Fetched::Complete(partial));
-            }
+            Step::Complete => return Ok(Fetched::Complete(t.finished(partial, &walk, outcome))),
             Step::Unchanged => {
                 // Bytes of another version an earlier run left are no use.
                 partial.discard().map_err(partial_error(dest))?;
@@ -162,23 +140,7 @@ pub(super) async fn fetch(
             Step::Spliced(error) | Step::Failed(error) => error,
         };
         let class = retry::classify(&error);
-        let attempt_error = match &error {
-            DownloadError::Attempt(e) => Some(e),
-            _ => None,
-        };
-        let failure = Failure {
-            error: &error,
-            class,
-            trouble: attempt_error.and_then(retry::trouble),
-            retry_after: attempt_error.and_then(AttemptError::retry_after),
-            position: t.state.offset,
-            host: &t.host,
-            dest,
-            attempt: outcome.attempts,
-            fallback: walk.has_next(),
-        };
-        let retried = ctx.net.retry(&mut budget, failure, slot).await;
-        outcome.waited += std::mem::take(&mut budget.host_waited);
+        let retried = t.retry(&error, class, walk.has_next(), slot, &mut budget, outcome).await;
         match retried {
             Ok(()) => {}
             Err(Stop::GaveUp) => {
@@ -207,6 +169,65 @@ fn settle(partial: Partial, class: Class) -> std::io::Result<()> {
 }
 
 impl<'a> Transfer<'a> {
+    fn new(entry: &'a Entry, ctx: &'a Arc<Context>, url: &'a Url, condition: Option<Condition>) -> Self {
+        let host = host_key(url);
+        Transfer {
+            entry,
+            ctx,
+            url,
+            progress: Arc::new(ctx.net.reporter.transfer(&entry.dest, &host)),
+            host,
+            headers: merged_headers(&ctx.headers, &entry.headers),
+            split: ctx.net.split.filter(|p| entry.size.is_none_or(|size| size >= p.min_size)),
+            state: State::for_entry(&entry.checksums),
+            condition,
+        }
+    }
+
+    /// The file is complete in `partial`: give it the server's time (unless
+    /// `--no-remote-time`) and its validators, and say which URL served it.
+    fn finished(&self, mut partial: Partial, walk: &Walk<'_>, outcome: &mut Outcome) -> Partial {
+        let state = &self.state;
+        let modified = state.last_modified.as_deref().and_then(|v| httpdate::parse_http_date(v).ok());
+        if let Some(time) = modified.filter(|_| self.ctx.remote_time) {
+            partial.set_modified(time);
+        }
+        partial.set_validators(Validators::new(state.etag.as_deref(), state.last_modified.as_deref()));
+        outcome.served_by = walk.served_by();
+        partial
+    }
+
+    /// The one retry step ([`crate::net::Net::retry`]) after `error`; the
+    /// time it waited for the host goes to the report.
+    async fn retry(
+        &self,
+        error: &DownloadError,
+        class: Class,
+        fallback: bool,
+        slot: &mut Option<Slot>,
+        budget: &mut Budget,
+        outcome: &mut Outcome,
+    ) -> Result<(), Stop> {
+        let attempt_error = match error {
+            DownloadError::Attempt(e) => Some(e),
+            _ => None,
+        };
+        let failure = Failure {
+            error,
+            class,
+            trouble: attempt_error.and_then(retry::trouble),
+            retry_after: attempt_error.and_then(AttemptError::retry_after),
+            position: self.state.offset,
+            host: &self.host,
+            dest: &self.entry.dest,
+            attempt: outcome.attempts,
+            fallback,
+        };
+        let retried = self.ctx.net.retry(budget, failure, slot).await;
+        outcome.waited += std::mem::take(&mut budget.host_waited);
+        retried
+    }
+
     /// After `stood` (the error, its class, and whether it ended a split
     /// download) ended the attempts at the URL in use: go on at the next
     /// URL if the walk leaves this one (`None`), with the bytes on disk

@@ -261,18 +261,9 @@ async fn claim(
             return Ok(Err(Done::Skipped(SkipReason::Exists)));
         }
     }
-    let blocked = ctx.net.limits.gate(ticket.host()) != Gate::Open;
-    let asked = Instant::now();
-    let Some(slot) = shutdown.unless_cancelled(ticket.slot()).await else {
+    let Some((slot, waited)) = take_slot(entry, ticket, ctx).await? else {
         return Ok(Err(Done::NotStarted));
     };
-    let slot = match slot {
-        Ok(slot) => Some(slot),
-        // Its host went: the entry's other URLs may serve it (`fetch`).
-        Err(_) if !entry.mirrors.is_empty() => None,
-        Err(gone) => return Err(AttemptError::from(gone).into()),
-    };
-    let waited = if blocked { asked.elapsed() } else { Duration::ZERO };
     // Opened with a slot, not before: the entries waiting in the lookahead
     // hold no directory descriptors (with `ulimit -n 20` those alone ran
     // the run out of them).
@@ -293,6 +284,27 @@ async fn claim(
         }
         Opened::Busy => Ok(Err(Done::Skipped(SkipReason::LockedByOtherProcess))),
     }
+}
+
+/// The slot `ticket` waits for, and how long it waited for a host that was
+/// paused or down; `None` when the run was interrupted first. No slot when
+/// the host went and the entry has other URLs to try (`fetch`).
+async fn take_slot(
+    entry: &Entry,
+    ticket: Ticket,
+    ctx: &Context,
+) -> Result<Option<(Option<Slot>, Duration)>, DownloadError> {
+    let blocked = ctx.net.limits.gate(ticket.host()) != Gate::Open;
+    let asked = Instant::now();
+    let Some(slot) = ctx.net.shutdown.unless_cancelled(ticket.slot()).await else {
+        return Ok(None);
+    };
+    let slot = match slot {
+        Ok(slot) => Some(slot),
+        Err(_) if !entry.mirrors.is_empty() => None,
+        Err(gone) => return Err(AttemptError::from(gone).into()),
+    };
+    Ok(Some((slot, if blocked { asked.elapsed() } else { Duration::ZERO })))
 }
 
 /// `--refresh`: what to do with the file at the entry's destination,
