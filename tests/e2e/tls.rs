@@ -98,6 +98,14 @@ fn unusable_tls_files_are_usage_errors_before_any_request() {
         assert!(stderr.starts_with(&format!("fetch: {want}")), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
+    // curl's --cert FILE:PASSWORD: the password is never shown.
+    let curlish = format!("{client_cert}:s3cret-pass");
+    let (code, stderr) = get(&server, tmp.path(), &["--cert", &curlish], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("fetch: --cert {client_cert}: no such file; fetch takes no password"))
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
     let (code, stderr) = get(&server, tmp.path(), &["--key", &client_key], &[]);
     assert_eq!(code, Some(2), "--key needs --cert: {stderr}");
     assert!(server.log().is_empty());
