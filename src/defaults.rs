@@ -431,6 +431,14 @@ mod tests {
     }
 
     #[test]
+    fn check_and_refresh_conflict_and_a_check_hides_a_refresh_default() {
+        let err = parsed(None, &[], &["--check", "--refresh", "m.txt"]).unwrap_err();
+        assert!(err.contains("'--check' cannot be used with '--refresh'"), "{err}");
+        let cli = ok(Some("refresh"), &[("FETCH_REFRESH", "1")], &["--check", "m.txt"]);
+        assert!(cli.check && !cli.refresh);
+    }
+
+    #[test]
     fn a_conflicting_option_above_hides_the_one_below() {
         let cli = ok(Some("quiet"), &[], &["-v"]);
         assert!(cli.verbose && !cli.quiet);
