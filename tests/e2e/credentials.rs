@@ -163,10 +163,12 @@ fn header_for_reaches_its_host_only() {
 fn header_for_errors_never_quote_the_header() {
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "m.txt", "");
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 5] = [
         // Not a header: no colon.
         &["--header-for", "h", "Bearer sesame-token", "m.txt"],
         &["--header-for", "h/x", "X: sesame-token", "m.txt"],
+        // The two values swapped: the header is taken for the host.
+        &["--header-for", "Authorization: Bearer sesame-token", "h", "m.txt"],
         // clap's own errors.
         &["--header-for", "h", "X: sesame-token", "--no-such-option"],
         &["--header-for=h", "X: sesame-token", "--no-such-option"],
@@ -178,6 +180,8 @@ fn header_for_errors_never_quote_the_header() {
     }
     let out = run(fetch(tmp.path()).args(cases[0]));
     assert!(out.stderr.contains("--header-for #1: header has no ':'"), "{}", out.stderr);
+    let out = run(fetch(tmp.path()).args(cases[2]));
+    assert!(out.stderr.contains("--header-for #1: HOST is not a host name"), "{}", out.stderr);
 }
 
 #[test]
