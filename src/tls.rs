@@ -57,6 +57,8 @@ pub enum TlsError {
         path.display()
     )]
     PasswordSuffix { option: &'static str, path: PathBuf },
+    #[error("{option} {}: certificate {number} in it is not a valid X.509 certificate", path.display())]
+    BadCertificate { option: &'static str, path: PathBuf, number: usize },
     #[error("{option} {}: not a PEM file", path.display())]
     NotPem { option: &'static str, path: PathBuf },
     #[error(
@@ -135,6 +137,14 @@ fn certificates(
         .map_err(|_| TlsError::NotPem { option, path: path.to_owned() })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { option, path: path.to_owned() });
+    }
+    // PEM decoding takes any base64; the TLS library would leave out a root
+    // it cannot parse at the first request, or fail the handshake.
+    let mut parsed = rustls::RootCertStore::empty();
+    for (i, der) in certs.iter().enumerate() {
+        if parsed.add(der.clone()).is_err() {
+            return Err(TlsError::BadCertificate { option, path: path.to_owned(), number: i + 1 });
+        }
     }
     Ok(certs)
 }
