@@ -299,8 +299,9 @@ fn kind_name(kind: FileType) -> &'static str {
 }
 
 /// Stream `file` once through the digests `entry` names. A file longer
-/// than the manifest's size (it grew since it was looked at) is read no
-/// further than one byte past it.
+/// than the manifest's size, else than `len` (it grew since it was looked
+/// at), is read no further than one byte past it: a file written to
+/// forever does not hold the check forever.
 fn hash(mut file: File, len: u64, entry: &Entry, buf: &mut [u8]) -> io::Result<(Verdict, u64)> {
     if len > buf.len() as u64 {
         // Read ahead in larger steps; a failure only costs speed.
@@ -308,7 +309,7 @@ fn hash(mut file: File, len: u64, entry: &Entry, buf: &mut [u8]) -> io::Result<(
     }
     let mut digests = Digests::new(&entry.checksums);
     let mut total = 0u64;
-    let limit = entry.size.map_or(u64::MAX, |size| size.saturating_add(1));
+    let limit = entry.size.unwrap_or(len).saturating_add(1);
     while total < limit {
         let want = buf.len().min(usize::try_from(limit - total).unwrap_or(usize::MAX));
         let n = match file.read(&mut buf[..want]) {
@@ -323,6 +324,9 @@ fn hash(mut file: File, len: u64, entry: &Entry, buf: &mut [u8]) -> io::Result<(
     if let Some(size) = entry.size.filter(|&size| size != total) {
         let reason = format!("size mismatch: the manifest says {size} bytes, the file has {total} now");
         return Ok((mismatch(reason), total));
+    }
+    if total > len {
+        return Ok((mismatch(format!("the file grew past its {len} bytes while it was read")), total));
     }
     Ok(match digests.verify(&entry.checksums) {
         Ok(()) => (Verdict::Ok, total),

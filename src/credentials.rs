@@ -51,9 +51,11 @@ pub struct HostPattern {
 
 impl HostPattern {
     /// `example.com`, `example.com:8443`, `10.0.0.1`, `[::1]:8080`; the
-    /// reason otherwise.
+    /// reason otherwise, which does not quote `text`: with the two values
+    /// swapped, it is the header.
     pub fn parse(text: &str) -> Result<HostPattern, String> {
-        let bad = || format!("{text:?} is not a host name, or host:port");
+        let bad =
+            || "HOST is not a host name, or host:port (the host comes first: HOST 'Name: Value')".to_owned();
         if text.is_empty() || text.contains(['/', '@', '?', '#', '\\']) || text.contains(char::is_whitespace)
         {
             return Err(bad());

@@ -231,7 +231,7 @@ fn file_line(cmd: &clap::Command, line: &[u8], number: usize) -> Result<Option<S
     let value_optional = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
     let args = match (arg.get_action().takes_values(), value) {
         (false, Some(_)) => return Err(format!("{long} is a flag and takes no value: write `{long}` alone")),
-        (true, Some(value)) => vec![long_with_value(long, OsStr::from_bytes(value))],
+        (true, Some(value)) => option_args(arg, OsStr::from_bytes(value))?,
         (true, None) if !value_optional => {
             return Err(format!("{long} needs a value: write `{long} = VALUE`"));
         }
@@ -283,7 +283,7 @@ fn env_settings(cmd: &clap::Command, env: &[(OsString, OsString)]) -> Result<Vec
             (false, b"1") => vec![OsString::from(format!("--{long}"))],
             (false, b"0") => Vec::new(),
             (false, _) => return Err((var, format!("--{long} is a flag: 1 turns it on, 0 off"))),
-            (true, _) => vec![long_with_value(long, value)],
+            (true, _) => option_args(arg, value).map_err(|e| (var.clone(), e))?,
         };
         check_value(cmd, long, &args).map_err(|e| (var.clone(), e))?;
         let setting = Setting { id: arg.get_id().to_string(), args, origin: var };
@@ -297,6 +297,25 @@ fn env_settings(cmd: &clap::Command, env: &[(OsString, OsString)]) -> Result<Vec
 /// `FETCH_` + the long name in upper snake case, without the prefix.
 fn env_name(long: &str) -> String {
     long.to_ascii_uppercase().replace('-', "_")
+}
+
+/// The arguments that give `arg` the `value` of a line or variable. An
+/// option of two values (`header-for = HOST Name: Value`) takes them
+/// split at the first white space, since one `--header-for=...` argument
+/// would leave clap short of its second value.
+fn option_args(arg: &Arg, value: &OsStr) -> Result<Vec<OsString>, String> {
+    let long = arg.get_long().unwrap_or_default();
+    if arg.get_num_args().is_none_or(|n| n.min_values() < 2) {
+        return Ok(vec![long_with_value(long, value)]);
+    }
+    let bytes = value.as_bytes();
+    let Some(at) = bytes.iter().position(u8::is_ascii_whitespace) else {
+        let names: Vec<&str> = arg.get_value_names().unwrap_or_default().iter().map(|n| n.as_str()).collect();
+        return Err(format!("{long} takes {}: write `{long} = {}`", names.len(), names.join(" ")));
+    };
+    let (first, rest) = (&bytes[..at], bytes[at..].trim_ascii_start());
+    let (first, rest) = (OsStr::from_bytes(first).to_owned(), OsStr::from_bytes(rest).to_owned());
+    Ok(vec![OsString::from(format!("--{long}")), first, rest])
 }
 
 fn long_with_value(long: &str, value: &OsStr) -> OsString {
@@ -394,6 +413,29 @@ mod tests {
         assert_eq!(ok(None, &[("FETCH_JOBS", "")], &[]).jobs, 16, "an empty variable is unset");
         let cli = ok(file, &[("FETCH_JOBS", "8")], &["--no-config", "m.txt"]);
         assert_eq!((cli.jobs, cli.insecure, cli.manifests.len()), (16, false, 1));
+    }
+
+    #[test]
+    fn header_for_takes_its_host_and_header_from_one_line_or_variable() {
+        let want = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let file = Some("header-for = a.example  Authorization: Bearer s1\n");
+        assert_eq!(ok(file, &[], &[]).host_headers, want(&["a.example", "Authorization: Bearer s1"]));
+        let env = [("FETCH_HEADER_FOR", "b.example:8443 X-Token: s2")];
+        let cli = ok(file, &env, &["--header-for", "c", "X: 3"]);
+        let all = ["a.example", "Authorization: Bearer s1", "b.example:8443", "X-Token: s2", "c", "X: 3"];
+        assert_eq!(cli.host_headers, want(&all));
+        let err = parsed(Some("header-for = s3cret"), &[], &[]).unwrap_err();
+        assert!(err.contains(":1: header-for takes 2: write `header-for = HOST HEADER`"), "{err}");
+        let err = parsed(None, &[("FETCH_HEADER_FOR", "s3cret")], &[]).unwrap_err();
+        assert!(err.starts_with("FETCH_HEADER_FOR: header-for takes 2") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn check_and_refresh_conflict_and_a_check_hides_a_refresh_default() {
+        let err = parsed(None, &[], &["--check", "--refresh", "m.txt"]).unwrap_err();
+        assert!(err.contains("'--check' cannot be used with '--refresh'"), "{err}");
+        let cli = ok(Some("refresh"), &[("FETCH_REFRESH", "1")], &["--check", "m.txt"]);
+        assert!(cli.check && !cli.refresh);
     }
 
     #[test]

@@ -1,4 +1,5 @@
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -6,7 +7,7 @@ use fetch::cli::{Cli, Command, header_values, with_habit_hint};
 use fetch::config::{Config, ConfigError};
 use fetch::error::ErrorChain;
 use fetch::progress::escape;
-use fetch::report::{EXIT_OK, EXIT_USAGE};
+use fetch::report::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
@@ -20,13 +21,14 @@ fn main() -> ExitCode {
     let cli = Cli::try_parse_from(&args).unwrap_or_else(|err| usage_error(&with_habit_hint(err), &args));
     match cli.command {
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(shell, &mut Cli::command(), "fetch", &mut std::io::stdout());
-            return ExitCode::from(EXIT_OK);
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "fetch", &mut script);
+            return print(&script);
         }
         Some(Command::Manpage) => {
-            // A closed stdout pipe (`fetch manpage | head`) is not an error.
-            let _ = fetch::manpage::render(&mut std::io::stdout().lock());
-            return ExitCode::from(EXIT_OK);
+            let mut page = Vec::new();
+            fetch::manpage::render(&mut page).expect("writing to memory");
+            return print(&page);
         }
         None => {}
     }
@@ -40,6 +42,21 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("fetch: {}", escape(&ErrorChain(&err).to_string()));
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Write a subcommand's output. A closed pipe (`fetch manpage | head`) is
+/// not an error; any other failure (a full disk under `> fetch.1`) is, so
+/// that a truncated page or script is never taken for a whole one.
+fn print(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_OK),
+        Err(err) => {
+            eprintln!("fetch: cannot write to standard output: {err}");
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }

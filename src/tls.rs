@@ -52,6 +52,13 @@ pub enum TlsError {
     Read { option: &'static str, path: PathBuf, source: io::Error },
     #[error("{option} {}: no certificate in it (a PEM file with '-----BEGIN CERTIFICATE-----')", path.display())]
     NoCertificate { option: &'static str, path: PathBuf },
+    #[error(
+        "{option} {}: no such file; fetch takes no password after ':' (curl's --cert FILE:PASSWORD): give an unencrypted key with --key FILE",
+        path.display()
+    )]
+    PasswordSuffix { option: &'static str, path: PathBuf },
+    #[error("{option} {}: certificate {number} in it is not a valid X.509 certificate", path.display())]
+    BadCertificate { option: &'static str, path: PathBuf, number: usize },
     #[error("{option} {}: not a PEM file", path.display())]
     NotPem { option: &'static str, path: PathBuf },
     #[error(
@@ -105,13 +112,19 @@ pub fn load(files: &TlsFiles<'_>) -> Result<Tls, TlsError> {
 fn read(option: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     let error = |source| TlsError::Read { option, path: path.to_owned(), source };
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_PEM + 1).read_to_end(&mut bytes))
-        .map_err(error)?;
+    let file = std::fs::File::open(path).map_err(|e| password_suffix(option, path).unwrap_or(error(e)))?;
+    file.take(MAX_PEM + 1).read_to_end(&mut bytes).map_err(error)?;
     if bytes.len() as u64 > MAX_PEM {
         return Err(error(io::Error::other(format!("larger than {} MiB", MAX_PEM >> 20))));
     }
     Ok(bytes)
+}
+
+/// A missing `--cert FILE:PASSWORD`, as curl users write it: the error
+/// names FILE alone, since the rest is a password.
+fn password_suffix(option: &'static str, path: &Path) -> Option<TlsError> {
+    let (file, _) = path.to_str()?.rsplit_once(':').filter(|_| option == "--cert")?;
+    Some(TlsError::PasswordSuffix { option, path: PathBuf::from(file) })
 }
 
 fn certificates(
@@ -124,6 +137,14 @@ fn certificates(
         .map_err(|_| TlsError::NotPem { option, path: path.to_owned() })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { option, path: path.to_owned() });
+    }
+    // PEM decoding takes any base64; the TLS library would leave out a root
+    // it cannot parse at the first request, or fail the handshake.
+    let mut parsed = rustls::RootCertStore::empty();
+    for (i, der) in certs.iter().enumerate() {
+        if parsed.add(der.clone()).is_err() {
+            return Err(TlsError::BadCertificate { option, path: path.to_owned(), number: i + 1 });
+        }
     }
     Ok(certs)
 }

@@ -358,8 +358,12 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
     let origin = target.url.origin();
     let mut url = target.url.clone();
     let split = range.is_some_and(|r| r.end.is_some());
+    let mut was_https = false;
     for hop in 0..=MAX_REDIRECTS {
         let same_origin = url.origin() == origin;
+        // A host's secrets never go in clear text after HTTPS led to HTTP.
+        was_https |= url.scheme() == "https";
+        let downgraded = was_https && url.scheme() == "http";
         let client = target.net.clients.for_url(&url, split).map_err(AttemptError::Http)?;
         // reqwest would turn user:pass@ into a second Authorization header
         // beside one the user gave: credentials are added here, once.
@@ -369,7 +373,8 @@ async fn send(target: &Target<'_>, range: Option<RangeRequest<'_>>) -> Result<Re
         // origin (as curl does); the hop's host's own secrets are added
         // whatever the origin ([`crate::credentials`] has the precedence).
         let userinfo = userinfo.or_else(|| same_origin.then(|| split_userinfo(target.url).1).flatten());
-        let basic = target.net.credentials.add(&url, &mut headers, userinfo);
+        let basic =
+            if downgraded { userinfo } else { target.net.credentials.add(&url, &mut headers, userinfo) };
         let mut request = client.get(bare).headers(headers);
         if let Some((user, password)) = basic {
             request = request.basic_auth(user, password);

@@ -41,6 +41,11 @@ pub fn habit(arg: &str) -> Option<&'static str> {
         "-n" | "--netrc-optional" => {
             "fetch reads credentials from a netrc file with --netrc or --netrc-file FILE"
         }
+        "-u" | "--user" | "--http-user" | "--http-password" | "--http-passwd" | "--password"
+        | "--oauth2-bearer" => {
+            "credentials go in a netrc file (--netrc-file FILE), the URL (https://user:password@host/) \
+             or --header-for HOST 'Authorization: ...'"
+        }
         "--directory-prefix" => "the destination directory is -d/--dir DIR",
         "-Y" | "-y" | "--lowest-speed-limit" => {
             "the low-speed limit is --speed-limit RATE --speed-time DURATION"
@@ -105,6 +110,9 @@ mod tests {
             ("-k", "--insecure"),
             ("--remote-time", "--no-remote-time"),
             ("--netrc-optional", "--netrc"),
+            ("-u", "--netrc-file"),
+            ("--user=alice:pw", "user:password@"),
+            ("--http-password", "--header-for"),
         ];
         for (arg, want) in cases {
             let hint = habit(arg).unwrap_or_else(|| panic!("{arg}: no hint"));

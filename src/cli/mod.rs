@@ -138,7 +138,7 @@ pub struct Cli {
     /// Verify the destinations instead of downloading: compare each with the manifest's size
     /// and checksums, making no request. Each entry is ok, missing or mismatch; exit 1 unless
     /// all are ok. Hashes on as many threads as there are CPUs (at most --jobs).
-    #[arg(long, conflicts_with_all = ["dry_run", "overwrite"], help_heading = "Verification")]
+    #[arg(long, conflicts_with_all = ["dry_run", "overwrite", "refresh"], help_heading = "Verification")]
     pub check: bool,
 
     /// A checksum file: sha256sum, sha512sum, sha1sum or md5sum output (`HEX  NAME`) or BSD

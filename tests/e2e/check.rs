@@ -174,3 +174,18 @@ fn a_check_takes_its_shard_only() {
     }
     assert_eq!(seen, 40);
 }
+
+/// A file that reads longer than its length (here a procfs file: length 0,
+/// text when read; as a file written to while it is hashed) is read no
+/// further than one byte past the length it had when it was looked at.
+#[test]
+fn a_file_that_grows_while_it_is_hashed_is_read_one_byte_past_its_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let md5 = quoted(sum_hex("md5sum", b""));
+    write(tmp.path(), "m.txt", &json("http://127.0.0.1:9/x", "status", &keys(&[("md5", md5)])));
+    let out = run(fetch(tmp.path()).args(["--check", "-d", "/proc/self", "m.txt"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let line = "mismatch    /proc/self/status: the file grew past its 0 bytes while it was read";
+    assert!(out.stderr.contains(line), "{}", out.stderr);
+    assert!(out.stderr.contains("; 1 B hashed"), "{}", out.stderr);
+}

@@ -163,10 +163,12 @@ fn header_for_reaches_its_host_only() {
 fn header_for_errors_never_quote_the_header() {
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "m.txt", "");
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 5] = [
         // Not a header: no colon.
         &["--header-for", "h", "Bearer sesame-token", "m.txt"],
         &["--header-for", "h/x", "X: sesame-token", "m.txt"],
+        // The two values swapped: the header is taken for the host.
+        &["--header-for", "Authorization: Bearer sesame-token", "h", "m.txt"],
         // clap's own errors.
         &["--header-for", "h", "X: sesame-token", "--no-such-option"],
         &["--header-for=h", "X: sesame-token", "--no-such-option"],
@@ -178,4 +180,25 @@ fn header_for_errors_never_quote_the_header() {
     }
     let out = run(fetch(tmp.path()).args(cases[0]));
     assert!(out.stderr.contains("--header-for #1: header has no ':'"), "{}", out.stderr);
+    let out = run(fetch(tmp.path()).args(cases[2]));
+    assert!(out.stderr.contains("--header-for #1: HOST is not a host name"), "{}", out.stderr);
+}
+
+#[test]
+fn a_redirect_from_https_to_http_carries_no_netrc_or_header_for_secret() {
+    let secure = Server::start_tls();
+    let plain = Server::start();
+    plain.file("/f", 4, 1000);
+    secure.route("/r", Route { redirect: Some(plain.url("/f")), ..Route::default() });
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "m.txt", &format!("{} f\n", secure.url("/r")));
+    let netrc = netrc(tmp.path(), "machine 127.0.0.1 login alice password alice-secret\n");
+    let args = ["--insecure", "--netrc-file", &netrc, "--header-for", "127.0.0.1", "X-Token: tok-secret"];
+    let out = run(fetch(tmp.path()).args(args).arg("m.txt"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // Same host name, other scheme and port: the secrets stay on HTTPS.
+    assert_eq!(seen(&secure, "authorization"), [ALICE]);
+    assert_eq!(seen(&secure, "x-token"), ["tok-secret"]);
+    assert_eq!(seen(&plain, "authorization"), Vec::<String>::new());
+    assert_eq!(seen(&plain, "x-token"), Vec::<String>::new());
 }

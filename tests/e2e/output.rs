@@ -275,3 +275,17 @@ fn shell_completions_are_printed() {
         assert!(out.stdout.contains("dry-run") && out.stdout.contains("per-host"), "{shell}");
     }
 }
+
+/// `fetch manpage > fetch.1` on a full disk: an error, not a panic or a
+/// truncated page with exit status 0.
+#[test]
+fn a_manual_page_or_completion_script_that_cannot_be_written_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [&["manpage"][..], &["completions", "bash"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = crate::fetch_std(tmp.path()).args(args).stdout(full).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("fetch: cannot write to standard output: No space left"), "{stderr}");
+    }
+}

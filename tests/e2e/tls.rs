@@ -71,9 +71,18 @@ fn unusable_tls_files_are_usage_errors_before_any_request() {
     let [key, client_cert, client_key, encrypted] =
         ["key.pem", "client-cert.pem", "client-key.pem", "client-key-encrypted.pem"].map(tls_file);
     let missing = tmp.path().join("missing.pem").display().to_string();
+    // Base64 of three zero bytes: PEM, but no certificate's DER.
+    let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let ca = std::fs::read_to_string(tls_file("ca-cert.pem")).unwrap();
+    let bad = write(tmp.path(), "bad.pem", &(ca + garbage)).display().to_string();
     let cases = [
         (vec!["--cacert", &missing], format!("--cacert {missing}: No such file or directory (os error 2)")),
         (vec!["--cacert", &key], format!("--cacert {}: no certificate in it", key)),
+        (
+            vec!["--cacert", &bad],
+            format!("--cacert {bad}: certificate 2 in it is not a valid X.509 certificate"),
+        ),
+        (vec!["--cert", &bad], format!("--cert {bad}: certificate 2 in it is not a valid X.509 certificate")),
         (vec!["--cert", &client_key], format!("--cert {}: no certificate in it", client_key)),
         (
             vec!["--cert", &client_cert],
@@ -98,6 +107,14 @@ fn unusable_tls_files_are_usage_errors_before_any_request() {
         assert!(stderr.starts_with(&format!("fetch: {want}")), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
+    // curl's --cert FILE:PASSWORD: the password is never shown.
+    let curlish = format!("{client_cert}:s3cret-pass");
+    let (code, stderr) = get(&server, tmp.path(), &["--cert", &curlish], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("fetch: --cert {client_cert}: no such file; fetch takes no password"))
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
     let (code, stderr) = get(&server, tmp.path(), &["--key", &client_key], &[]);
     assert_eq!(code, Some(2), "--key needs --cert: {stderr}");
     assert!(server.log().is_empty());
