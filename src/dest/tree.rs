@@ -305,8 +305,12 @@ impl DestTree {
     /// first, once no entry is in flight: a run whose entries failed leaves
     /// no empty tree behind. `--dir` itself stays.
     pub fn remove_empty(&self) {
-        let made = std::mem::take(&mut *self.cleanup.lock().expect("cleanup list poisoned"));
-        for dir in made.iter().rev() {
+        let mut made = std::mem::take(&mut *self.cleanup.lock().expect("cleanup list poisoned"));
+        // Deepest first by depth, not by the order they were made: two
+        // entries racing to make `a/b/c` and `a/b` may each make part of
+        // the chain, and list `a` after `a/b/c`.
+        made.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+        for dir in &made {
             // Fails, as it should, on a directory holding anything.
             let _ = self.remove_dir(dir);
         }
@@ -458,5 +462,20 @@ mod tests {
         // Another process placed a file here: everything is looked for now.
         r.distrust_parent(&tmp.path().join("new/q0"));
         assert!(r.may_exist(&tmp.path().join("new/q1")));
+    }
+
+    #[test]
+    fn empty_directories_go_deepest_first_whatever_order_they_were_made_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = DestTree::new(tmp.path().to_owned(), false, Vec::new()).unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("keep")).unwrap();
+        std::fs::write(tmp.path().join("keep/f"), "x").unwrap();
+        // Two entries racing down one chain: each made part of it.
+        let made = ["a/b", "a/b/c", "a", "keep"].map(|d| tmp.path().join(d));
+        r.cleanup.lock().unwrap().extend(made);
+        r.remove_empty();
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["keep"]);
     }
 }
