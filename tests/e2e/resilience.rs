@@ -107,7 +107,13 @@ fn retry_after_dates_and_caps() {
         let announced = format!("retry       {}: attempt 1 failed: ", &path[1..]);
         let line =
             out.stderr.lines().find(|l| l.starts_with(&announced)).unwrap_or_else(|| panic!("{out:?}"));
-        assert!(line.ends_with("; retrying in 500ms"), "{line}");
+        // The host's pause, capped at 500ms, as much of it as is left when
+        // the line is written: a loaded machine takes a few ms of it first.
+        let ms: u64 = line
+            .rsplit_once("; retrying in ")
+            .and_then(|(_, w)| w.strip_suffix("ms")?.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!((400..=500).contains(&ms), "{line}");
         let waited = wait_before_retry(&server, path);
         assert!(waited >= Duration::from_millis(500), "{path}: waited only {waited:?}");
     }
