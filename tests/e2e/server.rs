@@ -357,10 +357,23 @@ async fn serve<S>(state: Arc<Shared>, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let service = recorded(state);
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+}
+
+/// The service of every connection: each request handled on a task of its
+/// own, so that a panic is recorded before the connection drops and
+/// `fetch` tries again.
+fn recorded(
+    state: Arc<Shared>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<BoxBody>,
+    Error = std::io::Error,
+    Future = impl Future<Output = Result<Response<BoxBody>, std::io::Error>> + Send,
+> + Clone {
+    service_fn(move |req| {
         let state = state.clone();
-        // On a task of its own, so that a panic is recorded before the
-        // connection drops and `fetch` tries again.
         let handler = tokio::spawn(handle(state.clone(), req));
         async move {
             handler.await.map_err(|error| {
@@ -368,8 +381,7 @@ where
                 std::io::Error::other("the handler panicked")
             })
         }
-    });
-    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+    })
 }
 
 type BoxBody = Pin<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send>>;

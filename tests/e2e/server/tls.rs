@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{Server, Shared, handle};
+use super::{Server, Shared};
 
 /// The path of a file of `tests/e2e/tls/`.
 pub fn tls_file(name: &str) -> String {
@@ -65,16 +65,7 @@ pub(super) async fn serve_h2<S>(state: Arc<Shared>, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        let handler = tokio::spawn(handle(state.clone(), req));
-        async move {
-            handler.await.map_err(|error| {
-                state.record_panic(error);
-                std::io::Error::other("the handler panicked")
-            })
-        }
-    });
+    let service = super::recorded(state);
     let builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
 }
