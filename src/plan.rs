@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::dest::{self, Found};
-use crate::manifest::{Item, Reader};
+use crate::manifest::{Entry, Item, Reader};
 use crate::progress::Reporter;
 use crate::redact;
 use crate::report::Summary;
@@ -40,7 +40,7 @@ pub fn run(config: Config, reporter: &Reporter) -> Summary {
                     if config.overwrite { Found::Nothing } else { dest::look(&entry.dest, entry.size) };
                 if found == Found::Keep && config.refresh {
                     refreshed += 1;
-                    writeln!(out, "refresh   {dest}  {}", redact::url(&entry.url))
+                    writeln!(out, "refresh   {dest}  {}", urls(&entry))
                 } else if found == Found::Keep {
                     summary.skipped += 1;
                     writeln!(out, "skip      {dest}  (exists)")
@@ -50,7 +50,7 @@ pub fn run(config: Config, reporter: &Reporter) -> Summary {
                     Ok(())
                 } else {
                     planned += 1;
-                    writeln!(out, "download  {dest}  {}", redact::url(&entry.url))
+                    writeln!(out, "download  {dest}  {}", urls(&entry))
                 }
             }
             Item::Invalid { location, error } => {
@@ -76,4 +76,11 @@ pub fn run(config: Config, reporter: &Reporter) -> Summary {
         summary.skipped, summary.failed
     ));
     summary
+}
+
+/// An entry's URLs as the plan lists them: the first, then its other
+/// `urls` in the order they would be tried, passwords redacted.
+fn urls(entry: &Entry) -> String {
+    let urls = std::iter::once(&entry.url).chain(&entry.mirrors);
+    urls.map(redact::url).collect::<Vec<_>>().join(" ")
 }

@@ -343,3 +343,14 @@ fn entries_read_when_every_host_of_theirs_is_gone_name_each_url() {
         }
     }
 }
+
+#[test]
+fn a_dry_run_lists_every_url_in_the_order_tried_with_passwords_hidden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let urls = ["http://127.0.0.1:9/a", "http://u:secret@127.0.0.2:9/b"].map(String::from);
+    write(tmp.path(), "m.txt", &line(&urls, "f"));
+    let out = run(fetch(tmp.path()).args(["--dry-run", "m.txt"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("download  f  http://127.0.0.1:9/a http://u:***@127.0.0.2:9/b"), "{out:?}");
+    assert!(!out.stdout.contains("secret") && !out.stderr.contains("secret"), "{out:?}");
+}
